@@ -1,0 +1,154 @@
+"""Loading a Stable Diffusion-shaped model: SD 1.5 from the hub or a folder, or the embedded world.
+
+This is the loading code users run on SD 1.5: each component is read with diffusers' or
+transformers' ``from_pretrained`` from a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``)
+or a local folder in the diffusers layout. The embedded relation world and the tiny test pipelines
+go through the very same calls. A model either has a ``vae/`` (latent diffusion, as SD 1.5) or
+declares pixel space in ``invrev.json`` (the world model: images are folded 2×2 into channels).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+import diffusers
+from transformers import CLIPTextModel, CLIPTokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORLD_MODEL = "data/world/model"
+
+
+class ModelError(RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+class VaeCodec:
+    """Latent space of an AutoencoderKL, scaled by its ``scaling_factor`` as SD 1.5 expects."""
+
+    def __init__(self, vae: AutoencoderKL):
+        self.vae = vae
+        self.scale = vae.config.scaling_factor
+        self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def encode_dist(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the scaled posterior for images in [-1, 1]: cached once, sampled per step."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return dist.mean.float() * self.scale, dist.std.float() * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample.float().clamp(-1, 1)
+
+
+class PixelCodec:
+    """Pixel space folded ``factor``×``factor`` into channels: cheap, exact and invertible."""
+
+    def __init__(self, factor: int):
+        self.factor = factor
+        self.downsample = factor
+
+    def encode_dist(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = F.pixel_unshuffle(images.float(), self.factor)
+        return mean, torch.zeros_like(mean)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(latents.float(), self.factor).clamp(-1, 1)
+
+
+@dataclass
+class Components:
+    """The frozen parts of a text-to-image diffusion model, plus where they came from."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # training: the forward process
+    scheduler_config: dict  # inference: as shipped (PNDM for SD 1.5, DDIM for the world)
+    codec: VaeCodec | PixelCodec
+    model_id: str
+    revision: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Components":
+        modules = [self.text_encoder, self.unet] + ([self.codec.vae] if isinstance(self.codec, VaeCodec) else [])
+        for module in modules:
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def inference_scheduler(self, name: str | None = None):
+        """The shipped scheduler, or another diffusers scheduler class by name (e.g. "DDIMScheduler")."""
+        config = dict(self.scheduler_config)
+        name = name or config["_class_name"]
+        allowed = {s.name for s in KarrasDiffusionSchedulers} | {"DDIMScheduler", "DDPMScheduler"}
+        if name not in allowed:
+            raise ValueError(f"scheduler {name!r} is not a diffusers text-to-image scheduler; try one of {sorted(allowed)}")
+        return getattr(diffusers, name).from_config(config)
+
+
+def resolve_model(model: str) -> str:
+    """A local folder (relative to the working directory or to the repository) or a hub id."""
+    path = Path(model).expanduser()
+    for candidate in (path, REPO_ROOT / path):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    if path.is_absolute() or model.startswith(".") or model.count("/") != 1:
+        raise ModelError(
+            f"model folder {model!r} not found (looked in {Path.cwd()} and {REPO_ROOT}); "
+            f"give a folder in the diffusers layout or a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+        )
+    return model
+
+
+def load_components(model: str = WORLD_MODEL, revision: str = "main") -> Components:
+    """Load tokenizer, text encoder, UNet, schedulers and codec, frozen and in eval mode (on the CPU)."""
+    source = resolve_model(model)
+    local = Path(source).is_dir()
+    kwargs = {} if local else {"revision": revision}
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        scheduler_config = dict(DDPMScheduler.load_config(source, subfolder="scheduler", **kwargs))
+        codec = _load_codec(source, local, kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"could not load model {model!r}: {err}\nWithout internet access, download the model on another "
+            f"machine (e.g. `hf download {model}`) and pass the local folder."
+        ) from err
+    for module in (text_encoder, unet) + ((codec.vae,) if isinstance(codec, VaeCodec) else ()):
+        module.requires_grad_(False)
+        module.eval()
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    return Components(tokenizer, text_encoder, unet, noise_scheduler, scheduler_config, codec, model, revision)
+
+
+@functools.lru_cache(maxsize=2)
+def load_components_cached(model: str = WORLD_MODEL, revision: str = "main") -> Components:
+    """:func:`load_components`, loaded once per process (notebooks and batches run many inversions)."""
+    return load_components(model, revision)
+
+
+def _load_codec(source: str, local: bool, kwargs: dict) -> VaeCodec | PixelCodec:
+    meta = Path(source) / "invrev.json"
+    if local and meta.is_file():
+        latent = json.loads(meta.read_text()).get("latent", {})
+        if latent.get("type") == "pixel":
+            return PixelCodec(int(latent["factor"]))
+    if local and not (Path(source) / "vae").is_dir():
+        raise ModelError(f"{source} has no vae/ folder and no pixel-space invrev.json: it is not a text-to-image model")
+    return VaeCodec(AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs))
+
+
+def model_info(model: str) -> dict:
+    """Provenance stored beside a local model (``invrev.json``), or {} for hub models."""
+    meta = Path(resolve_model(model)) / "invrev.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -1,0 +1,390 @@
+"""The training loop: one readable loop over K runs that share one frozen model.
+
+A single inversion is K = 1. Each run keeps its own exemplars, vectors, AdamW state and random
+stream; every step the samples of all active runs go through the text encoder and UNet as one batch,
+and each run's loss depends only on its own vectors, so its gradients (and result) are those it
+would get alone. Under ``accelerate launch`` on several GPUs each process draws its own samples
+(seed + 1000·rank) and the vectors' gradients are averaged before each step (data parallel).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from invrev import embeddings, losses, runs, sampling, text, words
+from invrev.config import TrainConfig
+from invrev.data import ExemplarSet, load_exemplars, to_tensor
+from invrev.filters import gaussian_lowpass
+from invrev.models import Components, load_components_cached
+
+LOG_FIELDS = ("step", "loss", "denoise", "control", "lr", "seconds")
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or went wrong; its folder keeps the last good checkpoint."""
+
+
+@dataclass
+class Run:
+    """The state of one inversion inside a (possibly joint) training loop."""
+
+    config: TrainConfig
+    folder: Path
+    exemplars: ExemplarSet
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    vectors: torch.nn.Parameter  # [1 or 2, D]: <r>, and <inv> when the inverse expansion is on
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    probs: torch.Tensor | None
+    step: int = 0
+    seconds: float = 0.0
+    failed: str | None = None
+    row: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.failed is None and self.step < self.config.steps
+
+
+def train(config: TrainConfig, folder: str | Path, **kwargs) -> Path:
+    """Train one run into ``folder``; see :func:`train_many` for the keyword arguments."""
+    return train_many([config], [folder], **kwargs)[0]
+
+
+def train_many(
+    configs: list[TrainConfig],
+    folders: list[str | Path],
+    *,
+    components: Components | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> list[Path]:
+    """Train K runs jointly; returns their folders. Raises :class:`TrainingError` if any failed.
+
+    ``resume=True`` continues each run from its last checkpoint and reaches the result it would
+    have reached uninterrupted (bit-identical on the CPU). Without it, a folder that already holds a
+    run is refused rather than overwritten.
+    """
+    if len(configs) != len(folders) or not configs:
+        raise TrainingError("give one folder per config, and at least one config")
+    _check_compatible(configs)
+    first = configs[0]
+    accelerator = accelerator or Accelerator(mixed_precision=_precision(first.mixed_precision))
+    components = components or load_components_cached(first.model, first.revision)
+    _prepare_components(components, accelerator)
+    vocab = _Vocabulary(components, [first.placeholder, first.inverse_placeholder])
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    all_runs = [_open_run(c, Path(f), components, vocab, accelerator, resume) for c, f in zip(configs, folders)]
+    trainable = [r for r in all_runs if r.config.train]
+    total = sum(r.config.steps for r in trainable)
+    bar = tqdm(total=total, initial=sum(r.step for r in trainable), disable=not progress or not accelerator.is_main_process,
+               desc=f"training {len(trainable)} run(s)", unit="step")
+    while any(r.active for r in trainable):
+        active = [r for r in trainable if r.active]
+        tick = time.perf_counter()
+        _train_step(active, components, vocab, accelerator)
+        elapsed = (time.perf_counter() - tick) / len(active)
+        for run in active:
+            run.seconds += elapsed
+            if run.failed is None:
+                _after_step(run, accelerator)
+        bar.update(len(active))
+        bar.set_postfix(loss=f"{sum(r.row.get('loss', 0) for r in active) / len(active):.4f}")
+    bar.close()
+    for run in all_runs:
+        if run.failed is None and accelerator.is_main_process:
+            _finish(run, components, started, accelerator)
+    failed = [r for r in all_runs if r.failed]
+    if failed:
+        raise TrainingError("\n".join(f"{r.folder}: {r.failed}" for r in failed))
+    return [r.folder for r in all_runs]
+
+
+def _check_compatible(configs: list[TrainConfig]) -> None:
+    shared = ("model", "revision", "resolution", "mixed_precision", "grad_accum", "placeholder", "inverse_placeholder")
+    for key in shared:
+        values = {getattr(c, key) for c in configs}
+        if len(values) > 1:
+            raise TrainingError(f"runs trained together must share {key}; got {sorted(map(str, values))}")
+
+
+def _precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def _prepare_components(components: Components, accelerator: Accelerator) -> None:
+    """Move the frozen model to the device, in the compute dtype (frozen weights need no fp32 copy)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    components.to(accelerator.device, dtype)
+
+
+class _Vocabulary:
+    """Token ids of the word lists and of what never counts as a caption negative."""
+
+    def __init__(self, components: Components, placeholders: list[str]):
+        tok = components.tokenizer
+        self.placeholders = embeddings.add_placeholders(tok, components.text_encoder, placeholders)
+        self.prepositions = self._ids(tok, words.load_words("prepositions"))
+        self.verbs = self._ids(tok, words.load_words("verbs"))
+        excluded = set(self._ids(tok, words.load_words("stopwords"))) | set(self.prepositions) | set(self.verbs)
+        self.excluded = excluded | set(tok.all_special_ids) | set(self.placeholders)
+        if not self.prepositions or not self.verbs:
+            raise TrainingError("no preposition or verb of the word lists is a single token of this tokenizer")
+
+    @staticmethod
+    def _ids(tokenizer, word_list) -> list[int]:
+        ids = [tokenizer(w, add_special_tokens=False).input_ids for w in word_list]
+        return [i[0] for i in ids if len(i) == 1 and i[0] != tokenizer.unk_token_id]
+
+
+def _open_run(config: TrainConfig, folder: Path, components: Components, vocab: _Vocabulary,
+              accelerator: Accelerator, resume: bool) -> Run:
+    checkpoint = folder / "checkpoint.pt"
+    if folder.exists() and any(folder.iterdir()):
+        if not resume:
+            raise TrainingError(f"{folder} already holds a run; pass resume=True to continue it or choose a new folder")
+        saved = folder / "config.json"
+        if saved.is_file() and saved.read_text().strip() != config.to_json().strip():
+            raise TrainingError(f"{folder} holds a run with a different config.json; resume it with that config or use a new folder")
+    exemplars = load_exemplars(config.exemplars)
+    mean, std = _cache_latents(config, exemplars, components, accelerator)
+    init_words = [config.init_word, config.inverse_init_word][: 2 if config.inverse else 1]
+    init = torch.stack([embeddings.word_vector(components.tokenizer, components.text_encoder, w) for w in init_words])
+    vectors = torch.nn.Parameter(init.to(accelerator.device))
+    optimizer = torch.optim.AdamW(
+        [vectors], lr=config.effective_lr, betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay, eps=config.adam_epsilon,
+        fused=accelerator.device.type == "cuda",
+    )
+    generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
+    T = components.noise_scheduler.config.num_train_timesteps
+    probs = sampling.relation_focal_probs(T, config.importance_alpha) if config.importance_sampling else None
+    run = Run(config, folder, exemplars, mean, std, vectors, optimizer, generator, probs)
+    if resume and checkpoint.is_file():
+        _load_checkpoint(run, checkpoint)
+    elif accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_text(folder / "config.json", config.to_json() + "\n")
+        with open(folder / "log.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(LOG_FIELDS)
+    return run
+
+
+@torch.no_grad()
+def _cache_latents(config: TrainConfig, exemplars: ExemplarSet, components: Components, accelerator: Accelerator):
+    """Encode the exemplars once (SPEC §6: re-encoding every step is most of the reference's FLOPs).
+
+    The posterior's mean and std are kept and a fresh latent is sampled each step, so the training
+    distribution is the reference's. With ``hf_suppress="image"`` the filter runs here, on x_0.
+    """
+    images = to_tensor(exemplars.images, config.resolution).to(accelerator.device)
+    if config.hf_suppress == "image":
+        images = gaussian_lowpass(images, config.hf_sigma, config.hf_kernel_size or None)
+    return components.codec.encode_dist(images)
+
+
+def _draw(run: Run, components: Components, vocab: _Vocabulary):
+    """One micro-batch of a run, every random number from the run's own generator in a fixed order."""
+    c, g = run.config, run.generator
+    n = run.latent_mean.shape[0]
+    idx = torch.randint(n, (c.batch_size,), generator=g)
+    captions = text.sample_captions(run.exemplars.templates, idx.tolist(), g, c.placeholder,
+                                    c.inverse_placeholder, c.p_inverse if c.inverse else 0.0)
+    T = components.noise_scheduler.config.num_train_timesteps
+    timesteps = sampling.sample_timesteps(c.batch_size, T, g, run.probs)
+    shape = (c.batch_size, *run.latent_mean.shape[1:])
+    noise = torch.randn(shape, generator=g)
+    posterior = torch.randn(shape, generator=g)
+    n_pos = c.num_positives
+    prep = torch.randint(len(vocab.prepositions), (c.batch_size, n_pos), generator=g)
+    verb = torch.randint(len(vocab.verbs), (c.batch_size, n_pos), generator=g)
+    vocab_neg = torch.randint(components.tokenizer.vocab_size, (c.batch_size, c.num_vocab_negatives), generator=g)
+    device = run.latent_mean.device
+    idx_d = idx.to(device)
+    latents = run.latent_mean[idx_d] + run.latent_std[idx_d] * posterior.to(device)
+    return captions, latents, noise.to(device), timesteps.to(device), prep, verb, vocab_neg
+
+
+def _train_step(active: list[Run], components: Components, vocab: _Vocabulary, accelerator: Accelerator) -> None:
+    accum = active[0].config.grad_accum
+    totals = {id(r): {"loss": 0.0, "denoise": 0.0, "control": 0.0} for r in active}
+    for _ in range(accum):
+        draws = [_draw(r, components, vocab) for r in active]
+        captions = [cap for d in draws for cap in d[0]]
+        latents, noise, timesteps = (torch.cat([d[k] for d in draws]) for k in (1, 2, 3))
+        input_ids = components.tokenizer(captions, padding="max_length", truncation=True,
+                                         max_length=components.tokenizer.model_max_length,
+                                         return_tensors="pt").input_ids.to(accelerator.device)
+        per_sample = torch.cat([_sample_vectors(r) for r in active])
+        noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
+        with accelerator.autocast():
+            with embeddings.TokenInjector(components.text_encoder, vocab.placeholders).use(per_sample):
+                states = components.text_encoder(input_ids)[0]
+            unet_in = _suppress_latent(noisy, active)
+            pred = components.unet(unet_in.to(components.unet.dtype), timesteps, states).sample
+        target = losses.diffusion_target(components.noise_scheduler, latents, noise, timesteps)
+        per = losses.denoising_loss(pred, target, per_sample=True)
+        total, start = 0.0, 0
+        for run, draw in zip(active, draws):
+            b = run.config.batch_size
+            denoise = per[start:start + b].mean()
+            control = _control_loss(run, input_ids[start:start + b], draw, components, vocab)
+            loss = run.config.lambda_denoise * denoise + run.config.lambda_control * control
+            if not torch.isfinite(loss):
+                run.failed = (f"loss became {loss.item()} at step {run.step + 1} (denoise {denoise.item():.4g}, control "
+                              f"{float(control):.4g}); lower learning_rate or use mixed_precision='no'. The last "
+                              f"checkpoint is kept; resume=True continues from it.")
+                loss = loss.detach() * 0
+            total = total + loss / accum
+            for key, value in (("loss", loss), ("denoise", denoise), ("control", control)):
+                totals[id(run)][key] += float(value.detach()) / accum
+            start += b
+        accelerator.backward(total)
+    for run in active:
+        if run.failed:
+            run.optimizer.zero_grad(set_to_none=True)
+            continue
+        if accelerator.num_processes > 1:
+            run.vectors.grad = accelerator.reduce(run.vectors.grad, reduction="mean")
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        run.row = {"step": run.step, **totals[id(run)], "lr": run.optimizer.param_groups[0]["lr"]}
+
+
+def _sample_vectors(run: Run) -> torch.Tensor:
+    """[B, 2, D]: <r> and <inv> per sample (a run without <inv> never writes it, so <r> fills the slot)."""
+    vecs = run.vectors if run.vectors.shape[0] == 2 else torch.cat([run.vectors, run.vectors.detach()])
+    return vecs.unsqueeze(0).expand(run.config.batch_size, -1, -1)
+
+
+def _suppress_latent(noisy: torch.Tensor, active: list[Run]) -> torch.Tensor:
+    """Eq. 8 placed on x_t (``hf_suppress="latent"``): filter each run's rows that ask for it."""
+    if all(r.config.hf_suppress != "latent" for r in active):
+        return noisy
+    parts, start = [], 0
+    for run in active:
+        chunk = noisy[start:start + run.config.batch_size]
+        if run.config.hf_suppress == "latent":
+            sigma = run.config.hf_sigma * chunk.shape[-1] / run.config.resolution
+            chunk = gaussian_lowpass(chunk, sigma, run.config.hf_kernel_size or None)
+        parts.append(chunk)
+        start += run.config.batch_size
+    return torch.cat(parts)
+
+
+def _control_loss(run: Run, input_ids: torch.Tensor, draw, components: Components, vocab: _Vocabulary) -> torch.Tensor:
+    """ReVersion's steer loss or the POS-weighted control loss, averaged over the run's examples."""
+    c = run.config
+    if c.steer == "none":
+        return torch.zeros((), device=run.vectors.device)
+    table = components.text_encoder.get_input_embeddings().weight
+    r = run.vectors[0]
+    _, _, _, _, prep, verb, vocab_neg = draw
+    prep_ids = torch.tensor(vocab.prepositions)
+    verb_ids = torch.tensor(vocab.verbs)
+    terms = []
+    for i in range(c.batch_size):
+        negatives = table[_negative_ids(input_ids[i], vocab_neg[i], c, vocab)].float()
+        prepositions = table[prep_ids[prep[i]]].float()
+        if c.steer == "prepositions":
+            terms.append(losses.steer_loss(r, prepositions, negatives, c.temperature))
+        else:
+            verbs = table[verb_ids[verb[i]]].float()
+            terms.append(losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature))
+    return torch.stack(terms).mean()
+
+
+def _negative_ids(caption_ids: torch.Tensor, vocab_neg: torch.Tensor, config: TrainConfig, vocab: _Vocabulary) -> torch.Tensor:
+    """SPEC §3: the caption's other content tokens (ReVersion's code), or random vocabulary rows.
+
+    A caption with no content token (a template of bare "{}") falls back to the vocabulary draw.
+    """
+    if config.negatives == "caption":
+        ids = [i for i in caption_ids.tolist() if i not in vocab.excluded]
+        if ids:
+            return torch.tensor(ids)
+    return vocab_neg
+
+
+def _after_step(run: Run, accelerator: Accelerator) -> None:
+    if not accelerator.is_main_process:
+        return
+    row = {**run.row, "seconds": round(run.seconds, 3)}
+    if run.step % run.config.log_every == 0 or run.step == run.config.steps:
+        with open(run.folder / "log.csv", "a", newline="") as handle:
+            csv.DictWriter(handle, LOG_FIELDS).writerow({k: row[k] for k in LOG_FIELDS})
+    if run.step % run.config.checkpoint_every == 0 or run.step == run.config.steps:
+        _save_checkpoint(run)
+
+
+def _save_checkpoint(run: Run) -> None:
+    runs.atomic_torch_save(run.folder / "checkpoint.pt", {
+        "step": run.step,
+        "seconds": run.seconds,
+        "vectors": run.vectors.detach().cpu(),
+        "optimizer": run.optimizer.state_dict(),
+        "generator": run.generator.get_state(),
+    })
+
+
+def _load_checkpoint(run: Run, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        run.vectors.copy_(state["vectors"].to(run.vectors.device))
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.generator.set_state(state["generator"])
+    run.step, run.seconds = state["step"], state["seconds"]
+    _truncate_log(run.folder / "log.csv", run.step)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _finish(run: Run, components: Components, started: str, accelerator: Accelerator) -> None:
+    c = run.config
+    learned = {}
+    if c.train:
+        names = [c.placeholder, c.inverse_placeholder][: run.vectors.shape[0]]
+        learned = {n: v for n, v in zip(names, run.vectors.detach().cpu())}
+        embeddings.save_learned(run.folder / "learned", learned)
+    else:
+        run.folder.mkdir(parents=True, exist_ok=True)
+    runs.write_manifest(
+        run.folder,
+        relation=c.relation,
+        variant=c.variant,
+        seed=c.seed,
+        model={"id": c.model, "revision": c.revision},
+        device=runs.device_name(accelerator.device),
+        processes=accelerator.num_processes,
+        mixed_precision=accelerator.mixed_precision,
+        data={"folder": str(c.exemplars), "sha256": run.exemplars.checksums},
+        samples=c.samples if c.train else 0,
+        train_seconds=round(run.seconds, 2),
+        seconds_per_step=round(run.seconds / max(c.steps, 1), 4) if c.train else 0.0,
+        started=started,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        learned={k: embeddings.file_name(k) for k in learned},
+    )
+    runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if c.train else 0})
