@@ -81,7 +81,7 @@ class Components:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Components":
         modules = [self.text_encoder, self.unet] + ([self.codec.vae] if isinstance(self.codec, VaeCodec) else [])
         for module in modules:
-            module.to(device=device, dtype=dtype)
+            module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
         return self
 
     def inference_scheduler(self, name: str | None = None):

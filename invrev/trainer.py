@@ -243,14 +243,15 @@ def _train_step(active: list[Run], components: Components, vocab: _Vocabulary, a
             loss = run.config.lambda_denoise * denoise + run.config.lambda_control * control
             if not torch.isfinite(loss):
                 run.failed = (f"loss became {loss.item()} at step {run.step + 1} (denoise {denoise.item():.4g}, control "
-                              f"{float(control):.4g}); lower learning_rate or use mixed_precision='no'. The last "
+                              f"{float(control.detach()):.4g}); lower learning_rate or use mixed_precision='no'. The last "
                               f"checkpoint is kept; resume=True continues from it.")
                 loss = loss.detach() * 0
             total = total + loss / accum
             for key, value in (("loss", loss), ("denoise", denoise), ("control", control)):
                 totals[id(run)][key] += float(value.detach()) / accum
             start += b
-        accelerator.backward(total)
+        if torch.is_tensor(total) and total.requires_grad:
+            accelerator.backward(total)
     for run in active:
         if run.failed:
             run.optimizer.zero_grad(set_to_none=True)
