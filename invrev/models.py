@@ -115,8 +115,9 @@ def load_components(model: str = WORLD_MODEL, revision: str = "main") -> Compone
     kwargs = {} if local else {"revision": revision}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        # fp32 masters whatever the files hold; the trainer casts to bf16 on a GPU.
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **kwargs)
         scheduler_config = dict(DDPMScheduler.load_config(source, subfolder="scheduler", **kwargs))
         codec = _load_codec(source, local, kwargs)
     except (OSError, ValueError) as err:
@@ -145,7 +146,7 @@ def _load_codec(source: str, local: bool, kwargs: dict) -> VaeCodec | PixelCodec
             return PixelCodec(int(latent["factor"]))
     if local and not (Path(source) / "vae").is_dir():
         raise ModelError(f"{source} has no vae/ folder and no pixel-space invrev.json: it is not a text-to-image model")
-    return VaeCodec(AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs))
+    return VaeCodec(AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **kwargs))
 
 
 def model_info(model: str) -> dict:

@@ -1,0 +1,30 @@
+# invrev: `make help` lists the targets. Every target sets up .venv first if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: help setup test demo notebooks book batch check-scorer clean
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv with the pinned CPU torch and invrev (editable)
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+test: setup ## run the test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+demo: setup ## the main job: learn one relation on the embedded world and draw a grid
+	$(BIN)/invrev demo
+
+check-scorer: setup ## validate the world's scorer on fresh renders
+	$(BIN)/invrev world check-scorer --seed 7 --per-relation 200
+
+clean: ## remove outputs and the book build (keeps runs/ and .venv)
+	rm -rf outputs book/_build

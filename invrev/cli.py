@@ -1,0 +1,252 @@
+"""The ``invrev`` command line. ``invrev --help`` lists the commands; each has its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from invrev.models import WORLD_MODEL
+
+BENCHMARK = "data/world/benchmark"
+
+EPILOG = """\
+start here:
+  invrev demo                                  train one relation on the embedded world, draw a grid
+  invrev train --relation inside               learn <r> for one relation (variant inv_reversion)
+  invrev generate --run runs/inside/inv_reversion/seed0 --prompt "a red circle <r> a blue square"
+  invrev evaluate --relation inside --variant inv_reversion --embeddings runs/inside/inv_reversion/seed0
+  invrev world check-scorer --seed 7 --per-relation 100
+
+on Stable Diffusion 1.5 (GPU, model downloaded or on the hub):
+  invrev train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --exemplars path/to/reversion/inside
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"invrev: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invrev", description="Relation inversion (Inv-ReVersion) on Stable Diffusion-shaped models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(title="commands")
+
+    p = sub.add_parser("train", help="learn a relation token from exemplar images")
+    _add_run_args(p)
+    p.add_argument("--out", default="runs", help="runs root; the run goes to OUT/<relation>/<variant>/seed<k> (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set steps=100 (JSON values; repeatable)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("generate", help="draw images for prompts with a learned relation (or in words)")
+    p.add_argument("--run", help="a finished run folder: its learned tokens are loaded")
+    p.add_argument("--model", default=None, help=f"model id or folder (default: the run's model, else {WORLD_MODEL})")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one image per prompt and seed")
+    _add_sampling_args(p)
+    p.add_argument("--out", default="outputs/generate", help="folder for the images and grid.png")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="score a relation's held-out test prompts (relation world)")
+    p.add_argument("--model", default=WORLD_MODEL)
+    p.add_argument("--relation", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--embeddings", help="run folder with learned/ (not needed for the sd variant)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", type=int, default=20, help="held-out entity pairs (default 20)")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt (default 4)")
+    _add_sampling_args(p, steps=25, guidance=4.0)
+    p.add_argument("--out", help="write metrics.json and grid.png into this folder")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="the main job: train one relation on the embedded world and draw a grid")
+    p.add_argument("--relation", default="hanging_from")
+    p.add_argument("--out", default="outputs/demo")
+    p.set_defaults(func=_demo)
+
+    world = sub.add_parser("world", help="the embedded relation world: scorer check, benchmark, pretraining")
+    wsub = world.add_subparsers(title="world commands")
+    p = wsub.add_parser("check-scorer", help="score fresh renders against true and mismatched captions")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--per-relation", type=int, default=200)
+    p.set_defaults(func=_check_scorer)
+    p = wsub.add_parser("benchmark", help="write the exemplar folders and test prompts")
+    p.add_argument("--out", default=BENCHMARK)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_benchmark)
+    p = wsub.add_parser("pretrain", help="train the world's text-to-image model from scratch")
+    p.add_argument("--out", default="outputs/world_pretrain")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.set_defaults(func=_pretrain)
+    world.set_defaults(func=lambda a: world.print_help() or 2)
+    return parser
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relation", help=f"relation folder name under --data (default data root: {BENCHMARK})")
+    p.add_argument("--data", default=BENCHMARK, help="benchmark root in the ReVersion layout")
+    p.add_argument("--exemplars", help="a relation folder anywhere (instead of --relation/--data)")
+    p.add_argument("--variant", default="inv_reversion", help="sd, textual_inversion, reversion, inv_reversion, no_inverse, no_pos_weight, no_hf")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=WORLD_MODEL, help="hub id or local folder (default: the embedded world model)")
+    p.add_argument("--recipe", choices=("world", "sd15"), help="defaults to use (default: world for the embedded model, else sd15)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 50, guidance: float = 7.5) -> None:
+    p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    p.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance (default {guidance})")
+    p.add_argument("--scheduler", help="a diffusers scheduler class name (default: the model's own)")
+
+
+def _run_config(args):
+    from invrev.config import make_config
+    from invrev.models import resolve_model
+
+    if not (args.exemplars or args.relation):
+        raise ValueError("give --relation NAME (under --data) or --exemplars FOLDER")
+    exemplars = args.exemplars or str(Path(resolve_data(args.data)) / args.relation)
+    recipe = args.recipe or ("world" if args.model == WORLD_MODEL else "sd15")
+    overrides = {"model": args.model, "seed": args.seed}
+    if args.model == WORLD_MODEL:
+        from invrev.world.scene import RELATIONS
+
+        info = RELATIONS.get(Path(exemplars).name)
+        if info:
+            overrides.update(relation_words=info.words, lambda_verb=info.lambda_verb)
+    for item in getattr(args, "set", []):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    resolve_model(args.model)
+    return make_config(exemplars, args.variant, recipe, **overrides)
+
+
+def resolve_data(path: str) -> Path:
+    from invrev.models import REPO_ROOT
+
+    p = Path(path)
+    return p if p.exists() or p.is_absolute() else REPO_ROOT / p
+
+
+def _train(args) -> int:
+    from invrev import runs, trainer
+
+    config = _run_config(args)
+    folder = runs.run_dir(args.out, config.relation, config.variant, config.seed)
+    trainer.train(config, folder, resume=args.resume)
+    print(f"run written to {folder}")
+    return 0
+
+
+def _generate(args) -> int:
+    from invrev import generate
+    from invrev.config import load_config
+    from invrev.models import load_components
+
+    model = args.model or (load_config(Path(args.run) / "config.json").model if args.run else WORLD_MODEL)
+    components = load_components(model)
+    if args.run:
+        generate.load_run_tokens(components, args.run)
+    prompts = [p for p in args.prompt for _ in args.seeds]
+    seeds = [s for _ in args.prompt for s in args.seeds]
+    images = generate.generate(components, prompts, seeds, args.steps, args.guidance, args.scheduler, progress=True)
+    paths = generate.save_images(images, prompts, args.out)
+    scale = max(1, 128 // images[0].shape[0])
+    generate.grid(images, len(args.seeds), scale).save(Path(args.out) / "grid.png")
+    print(f"{len(paths)} images and grid.png written to {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from invrev import evaluate
+
+    metrics = evaluate.evaluate(
+        args.model, args.relation, args.variant, args.embeddings, seed=args.seed, prompts=args.prompts,
+        samples=args.samples, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, out=args.out)
+    print(json.dumps(metrics["summary"], indent=2))
+    return 0
+
+
+def _demo(args) -> int:
+    from invrev import evaluate, runs, trainer
+    from invrev.config import make_config
+    from invrev.world.scene import RELATIONS
+
+    info = RELATIONS[args.relation]
+    out = Path(args.out)
+    config = make_config(resolve_data(BENCHMARK) / args.relation, "inv_reversion", "world", seed=0,
+                         relation_words=info.words, lambda_verb=info.lambda_verb)
+    folder = runs.run_dir(out / "runs", args.relation, "inv_reversion", 0)
+    trainer.train(config, folder, resume=True)
+    metrics = evaluate.evaluate(config.model, args.relation, "inv_reversion", folder, seed=0, out=folder / "eval")
+    base = evaluate.evaluate(config.model, args.relation, "sd", None, seed=0, out=out / "sd_baseline")
+    s, b = metrics["summary"], base["summary"]
+    print(f"\nrelation {args.relation!r}: relation accuracy {s['relation_accuracy']:.2f} with the learned <r> "
+          f"vs {b['relation_accuracy']:.2f} in words (sd); entity accuracy {s['entity_accuracy']:.2f} vs {b['entity_accuracy']:.2f}")
+    print(f"learned tokens: {folder / 'learned'}\ngrid: {folder / 'eval' / 'grid.png'}\nmetrics: {folder / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def _check_scorer(args) -> int:
+    from invrev.world import scorer
+
+    rows = scorer.check_scorer(args.seed, args.per_relation)
+    print(scorer.format_table(rows))
+    failed = [r for r in rows if not _row_passed(r)]
+    if failed:
+        print(f"below the 98% bar: {', '.join(_row_name(r) for r in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _row_passed(row) -> bool:
+    return row["passed"] if isinstance(row, dict) else row.passed
+
+
+def _row_name(row) -> str:
+    return row["relation"] if isinstance(row, dict) else row.relation
+
+
+def _benchmark(args) -> int:
+    from invrev.world import benchmark
+
+    root = benchmark.write_benchmark(args.out, args.seed)
+    print(f"benchmark written to {root}")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from invrev.world import pretrain
+
+    config = pretrain.PretrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+                                     learning_rate=args.learning_rate, seed=args.seed)
+    out = pretrain.pretrain(args.out, config, resume=not args.fresh)
+    print(f"model written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The relation-world benchmark: exemplar folders in the ReVersion layout and held-out test prompts.
+
+Entity pairs are split once, by a fixed rule, into pairs the model may see in pretraining and in
+exemplars, and held-out pairs that only ever appear in test prompts (ReVersion's idea of testing
+on subjects × objects absent from the exemplars).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from invrev.world import captions, render, scene
+
+EXEMPLARS_PER_RELATION = 6  # ReVersion ships 4-10
+TEST_PAIRS = 20
+
+
+def pairs() -> list[tuple[scene.Entity, scene.Entity]]:
+    """Ordered pairs with different colours (the world never draws "a red circle on a red square")."""
+    return [(a, b) for a in scene.ENTITIES for b in scene.ENTITIES if a.colour != b.colour]
+
+
+def is_held_out(a: scene.Entity, b: scene.Entity) -> bool:
+    """About 1 pair in 8, spread over all colours and shapes, never seen in training."""
+    i, j = scene.ENTITIES.index(a), scene.ENTITIES.index(b)
+    return (5 * i + 3 * j) % 8 == 0
+
+
+def training_pairs() -> list[tuple[scene.Entity, scene.Entity]]:
+    return [p for p in pairs() if not is_held_out(*p)]
+
+
+def test_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, scene.Entity]]:
+    """``n`` held-out pairs for a relation, a fixed draw per relation so every variant sees the same."""
+    held = [p for p in pairs() if is_held_out(*p)]
+    rng = np.random.default_rng(sorted(scene.RELATIONS).index(relation))
+    order = rng.permutation(len(held))[:n]
+    return [held[k] for k in order]
+
+
+def write_benchmark(root: str | Path, seed: int = 0) -> Path:
+    """Render every relation's exemplars (training pairs only) into ``root/<relation>/`` + text.json."""
+    from invrev.data import write_exemplars
+
+    root = Path(root)
+    train = training_pairs()
+    for k, relation in enumerate(sorted(scene.RELATIONS)):
+        rng = np.random.default_rng([seed, k])
+        chosen = [train[i] for i in rng.choice(len(train), EXEMPLARS_PER_RELATION, replace=False)]
+        images = [render.render(a, relation, b, rng) for a, b in chosen]
+        templates = [[captions.template(a, b), captions.template(a, b).removeprefix("a ").replace(" {} a ", " {} ")]
+                     for a, b in chosen]
+        write_exemplars(root / relation, images, templates)
+    prompts = {r: [[a.text, b.text] for a, b in test_pairs(r)] for r in sorted(scene.RELATIONS)}
+    (root / "test_prompts.json").write_text(json.dumps(prompts, indent=1) + "\n")
+    return root
