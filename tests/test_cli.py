@@ -1,0 +1,50 @@
+"""The command line as a newcomer uses it: help, every variant trained, errors that say what to do."""
+
+import json
+
+import pytest
+
+from invrev.cli import main
+from invrev.config import VARIANTS
+
+
+def test_help_lists_commands_and_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("train", "generate", "evaluate", "demo", "world", "start here", "stable-diffusion-v1-5"):
+        assert word in out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_train_every_variant_from_the_cli(variant, tiny_model, tiny_data, tmp_path):
+    args = ["train", "--model", str(tiny_model), "--exemplars", str(tiny_data), "--variant", variant,
+            "--seed", "3", "--out", str(tmp_path), "--set", "steps=2", "--set", "resolution=16",
+            "--set", "batch_size=2", "--set", "grad_accum=1"]
+    assert main(args) == 0
+    folder = tmp_path / "inside" / variant / "seed3"
+    for name in ("config.json", "manifest.json", "log.csv", "done.json"):
+        assert (folder / name).is_file(), name
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["variant"], config["seed"], config["steps"]) == (variant, 3, 2)
+    assert (folder / "learned" / "r.safetensors").is_file() == (variant != "sd")
+
+
+def test_generate_from_a_run(tiny_model, tiny_data, tmp_path):
+    main(["train", "--model", str(tiny_model), "--exemplars", str(tiny_data), "--out", str(tmp_path / "runs"),
+          "--set", "steps=1", "--set", "resolution=16", "--set", "batch_size=1", "--set", "grad_accum=1"])
+    run = tmp_path / "runs" / "inside" / "inv_reversion" / "seed0"
+    assert main(["generate", "--run", str(run), "--prompt", "a cat <r> a dog", "--seeds", "0", "1",
+                 "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
+    names = sorted(p.name for p in (tmp_path / "gen").iterdir())
+    assert names == ["000_a_cat_r_a_dog.png", "001_a_cat_r_a_dog.png", "grid.png"]
+
+
+def test_errors_name_the_problem(tiny_model, tmp_path, capsys):
+    assert main(["train", "--model", str(tiny_model), "--exemplars", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["train", "--model", str(tmp_path / "no_model"), "--relation", "inside"]) == 1
+    assert "model folder" in capsys.readouterr().err
+    assert main(["train", "--model", str(tiny_model), "--exemplars", str(tmp_path), "--set", "stepz=3"]) == 1
+    assert "did you mean 'steps'" in capsys.readouterr().err
