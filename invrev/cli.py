@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=_pretrain)
+    p = wsub.add_parser("report", help="per-relation accuracy of a world model prompted in words")
+    p.add_argument("--model", default=WORLD_MODEL)
+    p.add_argument("--prompts", type=int, default=20)
+    p.add_argument("--samples", type=int, default=4)
+    p.set_defaults(func=_report)
+    p = wsub.add_parser("ship", help="install a pretrained model as the embedded default, with its manifest")
+    p.add_argument("--source", required=True, help="the model folder written by `invrev world pretrain`")
+    p.add_argument("--dest", default=WORLD_MODEL)
+    p.set_defaults(func=_ship)
     world.set_defaults(func=lambda a: world.print_help() or 2)
     return parser
 
@@ -235,6 +244,21 @@ def _benchmark(args) -> int:
 
     root = benchmark.write_benchmark(args.out, args.seed)
     print(f"benchmark written to {root}")
+    return 0
+
+
+def _report(args) -> int:
+    from invrev.world import release
+
+    print(release.format_report(release.report(args.model, args.prompts, args.samples)))
+    return 0
+
+
+def _ship(args) -> int:
+    from invrev.world import release
+
+    dest = release.ship(args.source, args.dest)
+    print(f"model shipped to {dest}; manifest at {dest.parent / 'manifest.json'}")
     return 0
 
 
