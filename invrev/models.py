@@ -9,9 +9,10 @@ declares pixel space in ``invrev.json`` (the world model: images are folded 2×2
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -73,6 +74,23 @@ class Components:
     codec: VaeCodec | PixelCodec
     model_id: str
     revision: str
+    _copies: dict = field(default_factory=dict, repr=False)
+
+    def compute_modules(self, device: torch.device, dtype: torch.dtype):
+        """(text_encoder, unet) for training in ``dtype`` on ``device``.
+
+        fp32 moves the originals; a lower precision gets a cached copy, so the fp32 weights (and the
+        token table the vectors start from) are never rounded for later runs or generation.
+        """
+        if dtype == torch.float32:
+            self.text_encoder.to(device)
+            self.unet.to(device)
+            return self.text_encoder, self.unet
+        key = (str(device), dtype, self.text_encoder.get_input_embeddings().num_embeddings)
+        if key not in self._copies:
+            self._copies[key] = (copy.deepcopy(self.text_encoder).to(device, dtype),
+                                 copy.deepcopy(self.unet).to(device, dtype))
+        return self._copies[key]
 
     @property
     def device(self) -> torch.device:

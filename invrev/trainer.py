@@ -10,6 +10,7 @@ would get alone. Under ``accelerate launch`` on several GPUs each process draws 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,14 @@ def train_many(
         raise TrainingError("give one folder per config, and at least one config")
     _check_compatible(configs)
     first = configs[0]
-    accelerator = accelerator or Accelerator(mixed_precision=_precision(first.mixed_precision))
+    # Autocast is ours, not accelerate's: its mixed-precision state is process-global, so a second
+    # call with another precision would fail. Accelerate gives the device and the processes.
+    accelerator = accelerator or Accelerator()
     components = components or load_components_cached(first.model, first.revision)
-    _prepare_components(components, accelerator)
     vocab = _Vocabulary(components, [first.placeholder, first.inverse_placeholder])
+    dtype = _precision(first.mixed_precision, accelerator.device)
+    text_encoder, unet = components.compute_modules(accelerator.device, dtype)
+    modules = _Modules(components, text_encoder, unet, dtype)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     all_runs = [_open_run(c, Path(f), components, vocab, accelerator, resume) for c, f in zip(configs, folders)]
     trainable = [r for r in all_runs if r.config.train]
@@ -91,7 +96,9 @@ def train_many(
     while any(r.active for r in trainable):
         active = [r for r in trainable if r.active]
         tick = time.perf_counter()
-        _train_step(active, components, vocab, accelerator)
+        _train_step(active, modules, vocab, accelerator)
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)
         elapsed = (time.perf_counter() - tick) / len(active)
         for run in active:
             run.seconds += elapsed
@@ -102,7 +109,7 @@ def train_many(
     bar.close()
     for run in all_runs:
         if run.failed is None and accelerator.is_main_process:
-            _finish(run, components, started, accelerator)
+            _finish(run, started, accelerator, dtype)
     failed = [r for r in all_runs if r.failed]
     if failed:
         raise TrainingError("\n".join(f"{r.folder}: {r.failed}" for r in failed))
@@ -117,16 +124,25 @@ def _check_compatible(configs: list[TrainConfig]) -> None:
             raise TrainingError(f"runs trained together must share {key}; got {sorted(map(str, values))}")
 
 
-def _precision(setting: str) -> str:
+def _precision(setting: str, device: torch.device) -> torch.dtype:
+    """The frozen model's compute dtype: ``auto`` is bf16 on a GPU that has it, else fp32."""
     if setting == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return setting
+        setting = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[setting]
 
 
-def _prepare_components(components: Components, accelerator: Accelerator) -> None:
-    """Move the frozen model to the device, in the compute dtype (frozen weights need no fp32 copy)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
-    components.to(accelerator.device, dtype)
+@dataclass
+class _Modules:
+    """What a step runs: the frozen modules in the compute dtype, and the fp32 token table."""
+
+    components: Components
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    dtype: torch.dtype
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.components.text_encoder.get_input_embeddings().weight
 
 
 class _Vocabulary:
@@ -137,6 +153,7 @@ class _Vocabulary:
         self.placeholders = embeddings.add_placeholders(tok, components.text_encoder, placeholders)
         self.prepositions = self._ids(tok, words.load_words("prepositions"))
         self.verbs = self._ids(tok, words.load_words("verbs"))
+        self.preposition_ids, self.verb_ids = torch.tensor(self.prepositions), torch.tensor(self.verbs)
         excluded = set(self._ids(tok, words.load_words("stopwords"))) | set(self.prepositions) | set(self.verbs)
         self.excluded = excluded | set(tok.all_special_ids) | set(self.placeholders)
         if not self.prepositions or not self.verbs:
@@ -189,13 +206,18 @@ def _cache_latents(config: TrainConfig, exemplars: ExemplarSet, components: Comp
     distribution is the reference's. With ``hf_suppress="image"`` the filter runs here, on x_0.
     """
     images = to_tensor(exemplars.images, config.resolution).to(accelerator.device)
+    if getattr(components.codec, "vae", None) is not None:
+        components.codec.vae.to(accelerator.device)
     if config.hf_suppress == "image":
         images = gaussian_lowpass(images, config.hf_sigma, config.hf_kernel_size or None)
     return components.codec.encode_dist(images)
 
 
 def _draw(run: Run, components: Components, vocab: _Vocabulary):
-    """One micro-batch of a run, every random number from the run's own generator in a fixed order."""
+    """One micro-batch of a run, every random number from the run's own generator in a fixed order.
+
+    Everything is drawn on the CPU so a run's stream is the same on any device and after a resume.
+    """
     c, g = run.config, run.generator
     n = run.latent_mean.shape[0]
     idx = torch.randint(n, (c.batch_size,), generator=g)
@@ -206,54 +228,74 @@ def _draw(run: Run, components: Components, vocab: _Vocabulary):
     shape = (c.batch_size, *run.latent_mean.shape[1:])
     noise = torch.randn(shape, generator=g)
     posterior = torch.randn(shape, generator=g)
-    n_pos = c.num_positives
-    prep = torch.randint(len(vocab.prepositions), (c.batch_size, n_pos), generator=g)
-    verb = torch.randint(len(vocab.verbs), (c.batch_size, n_pos), generator=g)
+    prep = torch.randint(len(vocab.prepositions), (c.batch_size, c.num_positives), generator=g)
+    verb = torch.randint(len(vocab.verbs), (c.batch_size, c.num_positives), generator=g)
     vocab_neg = torch.randint(components.tokenizer.vocab_size, (c.batch_size, c.num_vocab_negatives), generator=g)
     device = run.latent_mean.device
     idx_d = idx.to(device)
-    latents = run.latent_mean[idx_d] + run.latent_std[idx_d] * posterior.to(device)
-    return captions, latents, noise.to(device), timesteps.to(device), prep, verb, vocab_neg
+    latents = run.latent_mean[idx_d] + run.latent_std[idx_d] * _to(posterior, device)
+    return _Draw(captions, latents, _to(noise, device), _to(timesteps, device), prep, verb, vocab_neg)
 
 
-def _train_step(active: list[Run], components: Components, vocab: _Vocabulary, accelerator: Accelerator) -> None:
+@dataclass
+class _Draw:
+    captions: list[str]
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    prep: torch.Tensor  # [B, P] indices into the preposition list
+    verb: torch.Tensor  # [B, P] indices into the verb list
+    vocab_neg: torch.Tensor  # [B, M] random token ids, for negatives="vocab"
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU -> device without stalling the GPU (pinned memory, asynchronous copy)."""
+    if device.type != "cuda":
+        return x
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def _train_step(active: list[Run], modules: _Modules, vocab: _Vocabulary, accelerator: Accelerator) -> None:
+    components = modules.components
     accum = active[0].config.grad_accum
-    totals = {id(r): {"loss": 0.0, "denoise": 0.0, "control": 0.0} for r in active}
+    device = accelerator.device
+    parts = {id(r): [] for r in active}
     for _ in range(accum):
         draws = [_draw(r, components, vocab) for r in active]
-        captions = [cap for d in draws for cap in d[0]]
-        latents, noise, timesteps = (torch.cat([d[k] for d in draws]) for k in (1, 2, 3))
-        input_ids = components.tokenizer(captions, padding="max_length", truncation=True,
-                                         max_length=components.tokenizer.model_max_length,
-                                         return_tensors="pt").input_ids.to(accelerator.device)
+        captions = [cap for d in draws for cap in d.captions]
+        latents = torch.cat([d.latents for d in draws])
+        noise = torch.cat([d.noise for d in draws])
+        timesteps = torch.cat([d.timesteps for d in draws])
+        tok = components.tokenizer
+        ids_cpu = tok(captions, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                      return_tensors="pt").input_ids
+        input_ids = _to(ids_cpu, device)
         per_sample = torch.cat([_sample_vectors(r) for r in active])
         noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
-        with accelerator.autocast():
-            with embeddings.TokenInjector(components.text_encoder, vocab.placeholders).use(per_sample):
-                states = components.text_encoder(input_ids)[0]
+        with torch.autocast(device.type, dtype=modules.dtype, enabled=modules.dtype != torch.float32):
+            with embeddings.TokenInjector(modules.text_encoder, vocab.placeholders).use(per_sample):
+                states = modules.text_encoder(input_ids)[0]
             unet_in = _suppress_latent(noisy, active)
-            pred = components.unet(unet_in.to(components.unet.dtype), timesteps, states).sample
+            pred = modules.unet(unet_in.to(modules.dtype), timesteps, states).sample
         target = losses.diffusion_target(components.noise_scheduler, latents, noise, timesteps)
         per = losses.denoising_loss(pred, target, per_sample=True)
         total, start = 0.0, 0
         for run, draw in zip(active, draws):
             b = run.config.batch_size
             denoise = per[start:start + b].mean()
-            control = _control_loss(run, input_ids[start:start + b], draw, components, vocab)
+            control = _control_loss(run, ids_cpu[start:start + b], draw, modules.table, vocab)
             loss = run.config.lambda_denoise * denoise + run.config.lambda_control * control
-            if not torch.isfinite(loss):
-                run.failed = (f"loss became {loss.item()} at step {run.step + 1} (denoise {denoise.item():.4g}, control "
-                              f"{float(control.detach()):.4g}); lower learning_rate or use mixed_precision='no'. The last "
-                              f"checkpoint is kept; resume=True continues from it.")
-                loss = loss.detach() * 0
+            parts[id(run)].append(torch.stack([loss, denoise, control]).detach())
             total = total + loss / accum
-            for key, value in (("loss", loss), ("denoise", denoise), ("control", control)):
-                totals[id(run)][key] += float(value.detach()) / accum
             start += b
-        if torch.is_tensor(total) and total.requires_grad:
-            accelerator.backward(total)
-    for run in active:
-        if run.failed:
+        accelerator.backward(total)
+    # One host sync per step for every run's numbers (a sync per value stalls the GPU).
+    values = torch.stack([torch.stack(parts[id(r)]).mean(0) for r in active]).tolist()
+    for run, (loss, denoise, control) in zip(active, values):
+        if not all(map(math.isfinite, (loss, denoise, control))):
+            run.failed = (f"loss became {loss} at step {run.step + 1} (denoise {denoise:.4g}, control {control:.4g}); "
+                          f"lower learning_rate or use mixed_precision='no'. The last checkpoint is kept; "
+                          f"resume=True continues from it.")
             run.optimizer.zero_grad(set_to_none=True)
             continue
         if accelerator.num_processes > 1:
@@ -261,7 +303,8 @@ def _train_step(active: list[Run], components: Components, vocab: _Vocabulary, a
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
-        run.row = {"step": run.step, **totals[id(run)], "lr": run.optimizer.param_groups[0]["lr"]}
+        run.row = {"step": run.step, "loss": loss, "denoise": denoise, "control": control,
+                   "lr": run.optimizer.param_groups[0]["lr"]}
 
 
 def _sample_vectors(run: Run) -> torch.Tensor:
@@ -285,38 +328,46 @@ def _suppress_latent(noisy: torch.Tensor, active: list[Run]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _control_loss(run: Run, input_ids: torch.Tensor, draw, components: Components, vocab: _Vocabulary) -> torch.Tensor:
-    """ReVersion's steer loss or the POS-weighted control loss, averaged over the run's examples."""
-    c = run.config
-    if c.steer == "none":
-        return torch.zeros((), device=run.vectors.device)
-    table = components.text_encoder.get_input_embeddings().weight
-    r = run.vectors[0]
-    _, _, _, _, prep, verb, vocab_neg = draw
-    prep_ids = torch.tensor(vocab.prepositions)
-    verb_ids = torch.tensor(vocab.verbs)
-    terms = []
-    for i in range(c.batch_size):
-        negatives = table[_negative_ids(input_ids[i], vocab_neg[i], c, vocab)].float()
-        prepositions = table[prep_ids[prep[i]]].float()
-        if c.steer == "prepositions":
-            terms.append(losses.steer_loss(r, prepositions, negatives, c.temperature))
-        else:
-            verbs = table[verb_ids[verb[i]]].float()
-            terms.append(losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature))
-    return torch.stack(terms).mean()
+def _control_loss(run: Run, caption_ids: torch.Tensor, draw: _Draw, table: torch.Tensor, vocab: _Vocabulary) -> torch.Tensor:
+    """ReVersion's steer loss or the POS-weighted control loss, averaged over the run's examples.
 
-
-def _negative_ids(caption_ids: torch.Tensor, vocab_neg: torch.Tensor, config: TrainConfig, vocab: _Vocabulary) -> torch.Tensor:
-    """SPEC §3: the caption's other content tokens (ReVersion's code), or random vocabulary rows.
-
-    A caption with no content token (a template of bare "{}") falls back to the vocabulary draw.
+    Each example has its own positives (drawn per example, as ReVersion) and negatives; the
+    examples are scored at once, padded negatives masked out.
     """
-    if config.negatives == "caption":
-        ids = [i for i in caption_ids.tolist() if i not in vocab.excluded]
-        if ids:
-            return torch.tensor(ids)
-    return vocab_neg
+    c = run.config
+    r = run.vectors[0]
+    if c.steer == "none":
+        return torch.zeros((), device=r.device)
+    neg_ids, mask = _negative_ids(caption_ids, draw.vocab_neg, c, vocab)
+    negatives = table[neg_ids.to(table.device)].float()
+    mask = mask.to(table.device)
+    prepositions = table[vocab.preposition_ids[draw.prep].to(table.device)].float()
+    if c.steer == "prepositions":
+        return losses.steer_loss(r, prepositions, negatives, c.temperature, mask).mean()
+    verbs = table[vocab.verb_ids[draw.verb].to(table.device)].float()
+    return losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature, mask).mean()
+
+
+def _negative_ids(caption_ids: torch.Tensor, vocab_neg: torch.Tensor, config: TrainConfig,
+                  vocab: _Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §3: each caption's other content tokens (ReVersion's code), or random vocabulary rows.
+
+    Returns padded ids [B, M] and a mask. A caption with no content token (a template of bare "{}")
+    falls back to its vocabulary draw, so the loss stays defined.
+    """
+    if config.negatives == "vocab":
+        return vocab_neg, torch.ones_like(vocab_neg, dtype=torch.bool)
+    rows = []
+    for ids, fallback in zip(caption_ids.tolist(), vocab_neg):
+        content = [i for i in ids if i not in vocab.excluded]
+        rows.append(torch.tensor(content) if content else fallback)
+    width = max(len(r) for r in rows)
+    padded = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for k, row in enumerate(rows):
+        padded[k, :len(row)] = row
+        mask[k, :len(row)] = True
+    return padded, mask
 
 
 def _after_step(run: Run, accelerator: Accelerator) -> None:
@@ -362,7 +413,7 @@ def _truncate_log(path: Path, step: int) -> None:
         writer.writerows(rows)
 
 
-def _finish(run: Run, components: Components, started: str, accelerator: Accelerator) -> None:
+def _finish(run: Run, started: str, accelerator: Accelerator, dtype: torch.dtype) -> None:
     c = run.config
     learned = {}
     if c.train:
@@ -379,7 +430,7 @@ def _finish(run: Run, components: Components, started: str, accelerator: Acceler
         model={"id": c.model, "revision": c.revision},
         device=runs.device_name(accelerator.device),
         processes=accelerator.num_processes,
-        mixed_precision=accelerator.mixed_precision,
+        compute_dtype=str(dtype).removeprefix("torch."),
         data={"folder": str(c.exemplars), "sha256": run.exemplars.checksums},
         samples=c.samples if c.train else 0,
         train_seconds=round(run.seconds, 2),

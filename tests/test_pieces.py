@@ -133,3 +133,12 @@ def test_denoising_target_follows_prediction_type():
     s = (1 - v.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
     assert torch.allclose(losses.diffusion_target(v, x, n, t), a * n - s * x, atol=1e-6)
     assert losses.denoising_loss(torch.ones(2, 3), torch.zeros(2, 3)).item() == 1.0
+
+
+def test_batched_steer_loss_with_mask_equals_the_per_example_loss():
+    g = torch.Generator().manual_seed(4)
+    r, pos, neg = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((8,), (3, 4, 8), (3, 5, 8)))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    batched = losses.steer_loss(r, pos, neg, 0.07, mask)
+    for i in range(3):
+        assert batched[i].item() == pytest.approx(losses.steer_loss(r, pos[i], neg[i][mask[i]], 0.07).item(), rel=1e-9)

@@ -1,0 +1,52 @@
+"""The training-step benchmark (benchmarks/train_step.py) at tiny scale: its table is complete and sane."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_step"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["train_step"]
+
+
+def test_tiny_table(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench.main(["--scale", "tiny", "--steps", "2", "--warmup", "1", "--k", "2", "--out", str(out)])
+    rows = {r["kind"]: r for r in result["rows"]}
+    assert list(rows) == ["reference", "single", "multi"]
+    for row in rows.values():
+        assert row["error"] is None
+        assert row["samples_per_s"] > 0 and row["flops_per_sample"] > 0
+        assert row["samples_per_s"] == pytest.approx(row["samples_per_step"] / row["seconds_per_step"])
+        assert row["relation_seconds"] == pytest.approx(24_000 / row["samples_per_s"])
+    assert [rows[k]["samples_per_step"] for k in rows] == [8, 8, 16]  # 2x4, 8x1, 2 runs x 8x1
+    assert rows["reference"]["speedup_vs_reference"] == 1.0
+    assert rows["multi"]["speedup_vs_reference"] == pytest.approx(
+        rows["multi"]["samples_per_s"] / rows["reference"]["samples_per_s"])
+    assert "over 1 run" in rows["multi"]["note"]
+    # A run's FLOPs per sample do not depend on how many runs share the batch; the reference's
+    # include the VAE encoder and so are strictly larger.
+    assert rows["multi"]["flops_per_sample"] == pytest.approx(rows["single"]["flops_per_sample"], rel=0.02)
+    assert rows["reference"]["flops_per_sample"] > 1.1 * rows["single"]["flops_per_sample"]
+    saved = json.loads(out.read_text())
+    assert [r["name"] for r in saved["rows"]] == [r["name"] for r in result["rows"]]
+    assert "| invrev 2 runs (2x8x1) |" in out.with_suffix(".md").read_text()
+
+
+def test_cuda_only_toggles_are_reported_not_run(bench):
+    on_cpu = SimpleNamespace(device=bench.torch.device("cpu"))  # would fail if it tried to run one
+    rows = bench.ablate(on_cpu, baseline=None, names=["tf32", "compile", "cudagraphs"])
+    assert [r.note for r in rows] == ["TF32 matmul: needs CUDA", "torch.compile(unet): needs CUDA",
+                                      "CUDA graphs (compile, reduce-overhead): needs CUDA"]
