@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help setup test demo notebooks book batch check-scorer clean
+.PHONY: help setup test demo notebooks book batch check-scorer gpu-wheels clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
@@ -25,6 +25,11 @@ demo: setup ## the main job: learn one relation on the embedded world and draw a
 
 check-scorer: setup ## validate the world's scorer on fresh renders
 	$(BIN)/invrev world check-scorer --seed 7 --per-relation 200
+
+gpu-wheels: ## download diffusers as a py3.12 wheel into .whl/ for a lent GPU machine (see scripts/gpu_run.sh)
+	grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform any -d .whl diffusers==$$($(BIN)/python -c 'import diffusers; print(diffusers.__version__)')
 
 clean: ## remove outputs and the book build (keeps runs/ and .venv)
 	rm -rf outputs book/_build
