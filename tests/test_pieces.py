@@ -142,3 +142,12 @@ def test_batched_steer_loss_with_mask_equals_the_per_example_loss():
     batched = losses.steer_loss(r, pos, neg, 0.07, mask)
     for i in range(3):
         assert batched[i].item() == pytest.approx(losses.steer_loss(r, pos[i], neg[i][mask[i]], 0.07).item(), rel=1e-9)
+
+
+def test_wilson_interval_by_hand():
+    from invrev.evaluate import wilson
+
+    # 8 of 10 at z = 1.96: centre (0.8 + 0.19208)/1.38416 = 0.71682, half 0.19994
+    lo, hi = wilson(8, 10)
+    assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
