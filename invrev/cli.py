@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_demo)
 
+    from invrev.batch import add_batch_commands
+
+    add_batch_commands(sub)
+
     world = sub.add_parser("world", help="the embedded relation world: scorer check, benchmark, pretraining")
     wsub = world.add_subparsers(title="world commands")
     p = wsub.add_parser("check-scorer", help="score fresh renders against true and mismatched captions")
@@ -129,7 +133,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 50, guidance: fl
 
 
 def _run_config(args):
-    from invrev.config import make_config
+    from invrev.config import make_config, parse_assignments
     from invrev.models import resolve_model
 
     if not (args.exemplars or args.relation):
@@ -143,12 +147,7 @@ def _run_config(args):
         info = RELATIONS.get(Path(exemplars).name)
         if info:
             overrides.update(relation_words=info.words, lambda_verb=info.lambda_verb)
-    for item in getattr(args, "set", []):
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides.update(parse_assignments(getattr(args, "set", [])))
     resolve_model(args.model)
     return make_config(exemplars, args.variant, recipe, **overrides)
 

@@ -168,6 +168,20 @@ def make_config(exemplars: str | Path, variant: str = "inv_reversion", recipe: s
     return TrainConfig.from_params({**RECIPES[recipe], "exemplars": str(exemplars), "variant": variant, **overrides})
 
 
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["steps=100", "variant=no_hf"]`` -> ``{"steps": 100, "variant": "no_hf"}`` (JSON values, else strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=100")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read a ``config.json`` written by a run (strict, like :meth:`TrainConfig.from_params`)."""
     path = Path(path)
