@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="the main job: train one relation on the embedded world and draw a grid")
-    p.add_argument("--relation", default="hanging_from")
+    p.add_argument("--relation", default="wrapped_in", help="an unnamed relation by default: only inversion can find it")
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_demo)
 

@@ -1,0 +1,43 @@
+"""The whole chain on the shipped world model: every variant trained, then evaluated by the scorer."""
+
+import json
+
+import pytest
+
+from invrev import evaluate, trainer
+from invrev.config import VARIANTS, make_config
+from invrev.models import REPO_ROOT, WORLD_MODEL, load_components_cached
+from invrev.world import scene
+
+BENCHMARK = REPO_ROOT / "data" / "world" / "benchmark"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_components_cached(WORLD_MODEL, "local")
+
+
+def test_shipped_model_and_manifest_agree():
+    manifest = json.loads((REPO_ROOT / "data" / "world" / "manifest.json").read_text())
+    from invrev.runs import sha256_file
+
+    for name, digest in manifest["files"].items():
+        assert sha256_file(REPO_ROOT / "data" / "world" / name) == digest, name
+    assert manifest["model"]["latent"] == {"type": "pixel", "factor": 2}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_trains_and_evaluates(variant, world, tmp_path):
+    relation = "wrapped_in"
+    info = scene.RELATIONS[relation]
+    config = make_config(BENCHMARK / relation, variant, "world", steps=2, batch_size=2,
+                         relation_words=info.words, lambda_verb=info.lambda_verb)
+    folder = trainer.train(config, tmp_path / "run", components=world, progress=False)
+    result = evaluate.evaluate(WORLD_MODEL, relation, variant, folder if variant != "sd" else None,
+                               prompts=2, samples=1, steps=2, out=folder / "eval", components=world)
+    summary = json.loads((folder / "eval" / "metrics.json").read_text())["summary"]
+    assert summary == json.loads(json.dumps(result["summary"]))
+    assert summary["n"] == 2 and 0.0 <= summary["relation_accuracy"] <= 1.0
+    assert (folder / "eval" / "grid.png").is_file()
+    prompts = [r["prompt"] for r in result["images"]]
+    assert all(("<r>" in p) == (variant != "sd") for p in prompts)
