@@ -23,6 +23,16 @@ test: setup ## run the test suite (what CI runs)
 demo: setup ## the main job: learn one relation on the embedded world and draw a grid
 	$(BIN)/invrev demo
 
+notebooks: setup ## execute every notebook through papermill with tiny parameters into outputs/notebooks
+	$(BIN)/invrev notebooks
+
+book: setup ## build the Jupyter Book offline, warnings as errors (book/_build/html)
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book -W -n --keep-going
+
+batch: setup ## the full batch (10 relations x 7 variants x 3 seeds), then the compact record for the book
+	$(BIN)/invrev batch --experiments experiments/full.yaml --runs runs --workers 2
+	$(BIN)/invrev collect --runs runs
+
 check-scorer: setup ## validate the world's scorer on fresh renders
 	$(BIN)/invrev world check-scorer --seed 7 --per-relation 200
 

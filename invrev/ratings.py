@@ -1,0 +1,278 @@
+"""Average rank on the paper's 1–4 scale, from people (``ratings.csv``) or from the world's scorer.
+
+The paper's user study shows a rater one prompt's images from four methods and asks for a ranking
+by entity accuracy and one by relation accuracy (4 = best); a method's number is its rank averaged
+over raters and sets (Table 1: Inv-ReVersion 3.0–3.9 ... SD 1.5–2.1). :func:`automatic_rank` runs
+the same computation with the scorer as the rater, one set per relation × seed × held-out prompt,
+so the two stand side by side in the results notebook. The rating widget of
+``notebooks/30_explorer.ipynb`` only calls :func:`sample_rating_set`, :func:`rows_for` and
+:func:`append_ratings`; everything a person does can be replayed without a widget.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from invrev.config import TABLE1, TABLE2, VARIANTS
+from invrev.evaluate import wilson
+
+CRITERIA = ("entity", "relation")
+FIELDS = ("rater", "relation", "prompt", "seed", "variant", "criterion", "rank")
+PAPER_NAMES = {"sd": "SD", "textual_inversion": "Textual Inversion", "reversion": "ReVersion",
+               "inv_reversion": "Inv-ReVersion", "no_inverse": "w/o inverse text",
+               "no_pos_weight": "w/o POS weighting", "no_hf": "w/o HF suppressor"}
+
+
+class RatingError(ValueError):
+    """A rating row or rating file is malformed; the message says which and how to fix it."""
+
+
+def rank(scores: Mapping[str, float]) -> dict[str, float]:
+    """Ranks 1..n with n = best (the paper's scale); tied scores share the mean of their ranks."""
+    ordered = sorted(scores.values())
+    return {k: statistics.fmean(i + 1 for i, s in enumerate(ordered) if s == v) for k, v in scores.items()}
+
+
+def image_seed(seed: int, index: int, sample: int = 0) -> int:
+    """The seed :func:`invrev.evaluate.evaluate` gives sample ``sample`` of held-out prompt ``index``."""
+    return seed * 100_000 + index * 100 + sample
+
+
+def prompt_index(image_seed_: int) -> int:
+    """Inverse of :func:`image_seed`: which held-out prompt an evaluated image belongs to."""
+    return (image_seed_ % 100_000) // 100
+
+
+# People's ratings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RatingSet:
+    """One prompt's images from several variants, shown in ``variants`` order (random per set)."""
+
+    relation: str
+    index: int  # which held-out pair (the order of evaluate.test_prompts)
+    prompt: str  # "a red circle <r> a blue square"; the sd variant is prompted in words
+    seed: int  # the runs' seed; the image is the one evaluate draws as sample 0 of this prompt
+    variants: tuple[str, ...]
+
+    @property
+    def image_seed(self) -> int:
+        return image_seed(self.seed, self.index)
+
+
+def sample_rating_set(relation: str, rng: random.Random, variants: Sequence[str] = TABLE1,
+                      seeds: Sequence[int] = (0,), prompts: int = 20) -> RatingSet:
+    """A random held-out prompt and seed, with the variants in a random order (raters must not
+    learn which column is which method)."""
+    from invrev.evaluate import test_prompts
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise RatingError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    index = rng.randrange(prompts)
+    seed = rng.choice(list(seeds))
+    order = list(variants)
+    rng.shuffle(order)
+    prompt = test_prompts(relation, "inv_reversion", index + 1)[index]["prompt"]
+    return RatingSet(relation, index, prompt, seed, tuple(order))
+
+
+def draw(components, runs_root: str | Path, relation: str, variant: str, seed: int, a, b,
+         image_seeds: Sequence[int], steps: int = 25, guidance: float = 4.0) -> list:
+    """Images of "a <A> <r> a <B>" with the learned tokens of run ``runs_root/relation/variant/seed<k>``
+    (the relation in words for ``sd``), one per image seed; ``a``/``b`` are world entities."""
+    from invrev import generate, runs, text
+    from invrev.world import captions, scene
+
+    if variant != "sd":
+        generate.load_run_tokens(components, runs.run_dir(runs_root, relation, variant, seed))
+    words = scene.RELATIONS[relation].words if variant == "sd" else "<r>"
+    prompt = text.fill(captions.template(a, b), words)
+    return generate.generate(components, [prompt] * len(image_seeds), list(image_seeds), steps, guidance)
+
+
+def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: int = 25, guidance: float = 4.0) -> list:
+    """One image per variant of the set, in its shown order: the image evaluate scored for it."""
+    from invrev.world import benchmark
+
+    a, b = benchmark.test_pairs(rating_set.relation, rating_set.index + 1)[rating_set.index]
+    return [draw(components, runs_root, rating_set.relation, v, rating_set.seed, a, b, [rating_set.image_seed], steps, guidance)[0]
+            for v in rating_set.variants]
+
+
+def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[str, int]) -> list[dict]:
+    """The CSV rows of one person's ranking of one set; ranks must be a permutation of 1..n."""
+    rater = rater.strip()
+    if not rater or "," in rater:
+        raise RatingError(f"rater {rater!r}: give a name or initials without commas")
+    if criterion not in CRITERIA:
+        raise RatingError(f"criterion {criterion!r} is not one of {CRITERIA}")
+    if set(ranks) != set(rating_set.variants):
+        raise RatingError(f"rank every shown variant exactly once: got {sorted(ranks)}, shown {sorted(rating_set.variants)}")
+    n = len(rating_set.variants)
+    if sorted(ranks.values()) != list(range(1, n + 1)):
+        raise RatingError(f"ranks must be 1..{n}, each once ({n} = best); got {sorted(ranks.values())}")
+    return [{"rater": rater, "relation": rating_set.relation, "prompt": rating_set.prompt, "seed": rating_set.seed,
+             "variant": v, "criterion": criterion, "rank": int(ranks[v])} for v in rating_set.variants]
+
+
+def append_ratings(path: str | Path, rows: Iterable[Mapping]) -> Path:
+    """Append rows to ``path`` (header written when the file is new); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows({k: row[k] for k in FIELDS} for row in rows)
+    return path
+
+
+def read_ratings(*paths: str | Path) -> list[dict]:
+    """Rows of one or more ``ratings.csv`` files, typed (seed int, rank float); bad rows raise."""
+    rows = []
+    for path in map(Path, paths):
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != FIELDS:
+                raise RatingError(f"{path}: header must be {','.join(FIELDS)}, got {reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    rows.append({**row, "seed": int(row["seed"]), "rank": float(row["rank"])})
+                except (TypeError, ValueError) as err:
+                    raise RatingError(f"{path}:{line}: {err}; seed must be an integer and rank a number") from err
+    return rows
+
+
+def average_user_rank(rows: Iterable[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
+    """``aur[criterion][relation][variant]``: the rank averaged over raters and sets."""
+    ranks: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        ranks[row["criterion"]][row["relation"]][row["variant"]].append(float(row["rank"]))
+    return {c: {r: {v: statistics.fmean(x) for v, x in vs.items()} for r, vs in rels.items()} for c, rels in ranks.items()}
+
+
+# The scorer as rater ------------------------------------------------------------------------------
+
+def automatic_rank(runs: Iterable[Mapping], variants: Sequence[str], criterion: str) -> dict[str, dict[str, float]]:
+    """``rank[relation][variant]``: the variants ranked by the scorer per relation × seed × prompt.
+
+    A set's score for a variant is the fraction of that prompt's images passing ``criterion``; sets
+    where a variant has no run are left out, so every variant is ranked on the same sets.
+    """
+    scores: dict = defaultdict(lambda: defaultdict(dict))  # (relation, seed, prompt) -> variant -> hits
+    for run in runs:
+        if run["variant"] not in variants:
+            continue
+        by_prompt = defaultdict(list)
+        for image in run["images"]:
+            by_prompt[prompt_index(image["seed"])].append(image[criterion])
+        for index, hits in by_prompt.items():
+            scores[run["relation"]][(run["seed"], index)][run["variant"]] = statistics.fmean(hits)
+    out = {}
+    for relation, sets in scores.items():
+        ranked = [rank(s) for s in sets.values() if len(s) == len(variants)]
+        if ranked:
+            out[relation] = {v: statistics.fmean(r[v] for r in ranked) for v in variants}
+    return out
+
+
+def accuracy(runs: Iterable[Mapping], variant: str, criterion: str, relation: str | None = None) -> dict | None:
+    """Images pooled over seeds and prompts (of one relation, or all): the rate, its Wilson 95%
+    interval, and the spread (sample standard deviation) of the per-seed rates; None without runs."""
+    chosen = [r for r in runs if r["variant"] == variant and relation in (None, r["relation"])]
+    if not chosen:
+        return None
+    hits = [int(image[criterion]) for r in chosen for image in r["images"]]
+    per_seed = defaultdict(list)
+    for r in chosen:
+        per_seed[r["seed"]].extend(int(image[criterion]) for image in r["images"])
+    rates = [statistics.fmean(x) for x in per_seed.values() if x]
+    lo, hi = wilson(sum(hits), len(hits))
+    return {"rate": sum(hits) / len(hits) if hits else math.nan, "ci95": (lo, hi), "n": len(hits),
+            "seeds": len(rates), "seed_sd": statistics.stdev(rates) if len(rates) > 1 else math.nan}
+
+
+def markdown_table(runs: Sequence[Mapping], variants: Sequence[str], criterion: str,
+                   user: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
+    """The paper's table for one criterion: a row per relation and one pooled over all, a column per
+    variant; a cell reads "accuracy [95% interval] ±seed spread · automatic rank (· user rank)"."""
+    auto = automatic_rank(runs, variants, criterion)
+    people = (user or {}).get(criterion, {})
+    relations = list(dict.fromkeys(r["relation"] for r in runs))
+    lines = ["| relation | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
+             "| --- |" + " --- |" * len(variants)]
+    for relation in [*relations, None]:
+        cells = []
+        for v in variants:
+            acc = accuracy(runs, v, criterion, relation)
+            if acc is None:
+                cells.append("–")
+                continue
+            ranks = [auto[r][v] for r in ([relation] if relation else auto) if r in auto]
+            users = [people[r][v] for r in ([relation] if relation else people) if v in people.get(r, {})]
+            cell = f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
+            cell += f" ±{acc['seed_sd']:.2f}" if not math.isnan(acc["seed_sd"]) else ""
+            cell += f" · rank {statistics.fmean(ranks):.2f}" if ranks else ""
+            cell += f" · user {statistics.fmean(users):.2f}" if users else ""
+            cells.append(cell)
+        lines.append(f"| {relation or '**all**'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# What the numbers say about the paper's claims -------------------------------------------------------
+
+def paper_claims(runs: Sequence[Mapping]) -> list[dict]:
+    """Each claim of the paper checked on ``runs``: ``{"claim", "verdict", "evidence"}``.
+
+    Verdicts are "holds", "partly holds", "does not hold" or "cannot tell" (missing runs, or
+    intervals that overlap where the claim is a difference). Nothing here is written in advance of
+    the numbers: the sentences are filled in from them.
+    """
+    out = []
+    for criterion in CRITERIA:
+        ranks = automatic_rank(runs, TABLE1, criterion)
+        if ranks:
+            others = {r: max(x for v, x in vs.items() if v != "inv_reversion") for r, vs in ranks.items()}
+            best = [r for r, vs in ranks.items() if vs["inv_reversion"] > others[r]]
+            tied = [r for r, vs in ranks.items() if vs["inv_reversion"] == others[r]]
+            out.append(_share_claim(
+                f"Inv-ReVersion ranks first on {criterion} accuracy in every relation (Table 1)", len(best), len(tied), len(ranks),
+                f"first in {len(best)} of {len(ranks)} relations, tied for first in {len(tied)}"))
+    ranks = automatic_rank(runs, TABLE1, "relation")
+    if ranks:
+        mean = {v: statistics.fmean(ranks[r][v] for r in ranks) for v in TABLE1}
+        ordered = all(mean[a] < mean[b] for a, b in zip(TABLE1, TABLE1[1:]))
+        flat = len(set(mean.values())) == 1
+        out.append({"claim": "relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)",
+                    "verdict": "holds" if ordered else "cannot tell" if flat else "does not hold",
+                    "evidence": ", ".join(f"{PAPER_NAMES[v]} {mean[v]:.2f}" for v in TABLE1)})
+    full = accuracy(runs, "inv_reversion", "relation")
+    for ablation in TABLE2[:-1]:
+        part = accuracy(runs, ablation, "relation")
+        if full is None or part is None:
+            continue
+        gap = full["rate"] - part["rate"]
+        apart = full["ci95"][0] > part["ci95"][1] or part["ci95"][0] > full["ci95"][1]
+        verdict = ("holds" if gap > 0 else "does not hold") if apart else "cannot tell"
+        out.append({"claim": f"removing {PAPER_NAMES[ablation][4:]} lowers relation accuracy (Table 2)",
+                    "verdict": verdict,
+                    "evidence": (f"{full['rate']:.2f} [{full['ci95'][0]:.2f}, {full['ci95'][1]:.2f}] with it vs "
+                                 f"{part['rate']:.2f} [{part['ci95'][0]:.2f}, {part['ci95'][1]:.2f}] without, "
+                                 f"{'disjoint' if apart else 'overlapping'} 95% intervals")})
+    return out
+
+
+def _share_claim(claim: str, hits: int, ties: int, total: int, evidence: str) -> dict:
+    """First in every relation holds; in most, partly; tied where never first, nobody can tell."""
+    verdict = ("holds" if hits == total else "partly holds" if 2 * hits > total
+               else "cannot tell" if hits + ties == total else "does not hold")
+    return {"claim": claim, "verdict": verdict, "evidence": evidence}

@@ -1,0 +1,215 @@
+"""Notebooks and the batch: every notebook runs through papermill with tiny parameters and leaves its
+artifacts; committed notebooks carry no outputs; a batch validates first, skips what is done, keeps
+going past a failure and names it; collect copies the compact record the book shows.
+
+The world notebooks need a world-shaped model: ``data/world/model`` when it exists, else a tiny
+randomly initialised one (same classes and tokenizer, a few channels), built once per session.
+"""
+
+import argparse
+import json
+import random
+
+import nbformat
+import numpy as np
+import papermill
+import pytest
+
+from invrev import batch, generate, ratings, runs
+from invrev.config import VARIANTS, make_config
+from invrev.models import REPO_ROOT, WORLD_MODEL
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def world_model(tmp_path_factory):
+    real = REPO_ROOT / WORLD_MODEL
+    if (real / "invrev.json").is_file():
+        return str(real)
+    from invrev.world import model, pretrain
+
+    small = model.WorldModelConfig(text_width=32, text_layers=1, text_heads=2, unet_channels=(32, 32, 64), head_dim=8)
+    folder = tmp_path_factory.mktemp("world")
+    return str(pretrain.pretrain(folder, pretrain.PretrainConfig(steps=1, batch_size=2), world=small, progress=False))
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.append(str(output.get("data", {}).get("text/markdown", "")))
+    return "\n".join(parts)
+
+
+def _read(path):
+    return _text(nbformat.read(path, as_version=4))
+
+
+def test_committed_notebooks_carry_no_outputs():
+    assert len(NOTEBOOKS) >= 7
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
+        tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+    assert {p.name for p in NOTEBOOKS} == set(batch.TINY), "every notebook needs tiny parameters in invrev.batch.TINY"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, world_model):
+    """Every notebook executed with its tiny parameters, as `invrev notebooks` (make notebooks) does."""
+    out = tmp_path_factory.mktemp("notebooks")
+    batch.run_notebooks(out, world_model)
+    return out
+
+
+def test_component_notebooks(executed):
+    text = _read(executed / "01_high_frequency_suppressor.ipynb")
+    assert "max |dense 2-D convolution - gaussian_lowpass|" in text and "of the texture band's power" in text
+    text = _read(executed / "02_inverse_relation_text.ipynb")
+    assert "first entity's share" in text and "<inv> <r>" in text
+    assert "lambda_verb=1.0: after 2 steps" in _read(executed / "03_pos_weighted_control_loss.ipynb")
+    assert "mean t: 600.9 exact" in _read(executed / "04_relation_focal_sampling.ipynb")
+
+
+def test_run_results_and_explorer_notebooks(executed):
+    run = runs.run_dir(executed / "runs", "hanging_from", "inv_reversion", 0)
+    for name in ("config.json", "manifest.json", "done.json", "log.csv", "learned/r.safetensors", "eval/grid.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["summary"]["n"] == 2 and len(metrics["images"]) == 2
+    assert "relation accuracy" in _read(executed / "10_run.ipynb")
+    assert "1 runs in" in _read(executed / "20_results.ipynb")
+    assert "the relation in words" in _read(executed / "30_explorer.ipynb")
+
+
+@pytest.fixture(scope="module")
+def batch_runs(tmp_path_factory, world_model):
+    """Two runs (sd and inv_reversion) through the run notebook, the trained one trained jointly first."""
+    root = tmp_path_factory.mktemp("runs")
+    experiment = {"relations": ["hanging_from"], "variants": ["sd", "inv_reversion"], "seeds": [0],
+                  "params": {**batch.TINY["10_run.ipynb"], "model": world_model}}
+    result = batch.run_batch(experiment, root, joint=2)
+    return experiment, root, result
+
+
+def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
+    experiment, root, result = batch_runs
+    assert result.failed == {} and len(result.done) == 2
+    for variant in ("sd", "inv_reversion"):
+        folder = runs.run_dir(root, "hanging_from", variant, 0)
+        for name in ("run.ipynb", "config.json", "manifest.json", "done.json", "batch.json", "eval/metrics.json", "eval/grid.png"):
+            assert (folder / name).is_file(), f"{variant}: {name} missing"
+    trained = runs.run_dir(root, "hanging_from", "inv_reversion", 0)
+    assert "already trained with this config" in _read(trained / "run.ipynb")
+    assert "--relations hanging_from --variants inv_reversion --seeds 0" in json.loads((trained / "batch.json").read_text())["command"]
+    stamp = (trained / "run.ipynb").stat().st_mtime_ns
+    again = batch.run_batch(experiment, root)
+    assert again.done == [] and len(again.skipped) == 2 and (trained / "run.ipynb").stat().st_mtime_ns == stamp
+    assert "skipped (complete, same config)" in capsys.readouterr().out
+    # a changed parameter is a different run: it is not skipped
+    assert [j.name for j in batch.plan(batch.load_experiment(experiment), root, overrides={"steps": 3})
+            if not batch.is_done(j)] == ["hanging_from/sd/seed0", "hanging_from/inv_reversion/seed0"]
+
+
+def test_batch_keeps_going_past_a_failure_and_exits_nonzero(tmp_path, monkeypatch, world_model, capsys):
+    def fake_execute(notebook, output, parameters, **kwargs):
+        if parameters["variant"] == "reversion":
+            raise RuntimeError("out of memory")
+        folder = runs.run_dir(parameters["runs_root"], parameters["relation"], parameters["variant"], parameters["seed"])
+        runs.atomic_write_json(folder / "eval" / "metrics.json", {"summary": {"entity_accuracy": 1.0, "relation_accuracy": 0.5}})
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    (tmp_path / "exp.yaml").write_text("relations: [\"on\"]\nvariants: [sd, reversion, no_hf]\nseeds: [0]\n")
+    parser = argparse.ArgumentParser()
+    batch.add_batch_commands(parser.add_subparsers())
+    args = parser.parse_args(["batch", "--experiments", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"),
+                              "--set", f"model={world_model}"])
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert "on/reversion/seed0: FAILED" in out and "on/no_hf/seed0: done" in out and "1 failed" in out
+    failed = json.loads((runs.run_dir(tmp_path / "runs", "on", "reversion", 0) / "failed.json").read_text())
+    assert "out of memory" in failed["error"]
+
+
+def test_experiments_are_validated_before_anything_runs(tmp_path, world_model):
+    with pytest.raises(batch.BatchError, match="did you mean 'inside'"):
+        batch.load_experiment({"relations": ["insde"], "variants": ["sd"], "seeds": [0]})
+    with pytest.raises(batch.BatchError, match="unknown variant 'revers'"):
+        batch.load_experiment({"relations": ["on"], "variants": ["revers"], "seeds": [0]})
+    with pytest.raises(batch.BatchError, match="quote it"):
+        batch.load_experiment({"relations": [True], "variants": ["sd"], "seeds": [0]})  # YAML's bare on
+    with pytest.raises(batch.BatchError, match="seeds"):
+        batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [None]})
+    with pytest.raises(batch.BatchError, match="unknown key 'seed'"):
+        batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seed": [0]})
+    ok = batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [0], "params": {"model": world_model}})
+    with pytest.raises(batch.BatchError, match="did you mean 'hf_sigma'"):
+        batch.plan(ok, tmp_path, overrides={"hf_sigm": 1.0})
+    with pytest.raises(batch.BatchError, match="must be int"):
+        batch.plan(ok, tmp_path, overrides={"steps": "many"})
+    with pytest.raises(batch.BatchError, match="lambda_verb"):
+        batch.plan(ok, tmp_path, overrides={"lambda_verb": 2.0})
+    with pytest.raises(batch.BatchError, match="model folder"):
+        batch.plan(ok, tmp_path, overrides={"model": "no/such/model/here"})
+    full = batch.load_experiment(REPO_ROOT / "experiments" / "full.yaml")
+    assert len(batch.plan(full, tmp_path, overrides={"model": world_model})) == 10 * 7 * 3
+    smoke = batch.load_experiment(REPO_ROOT / "experiments" / "smoke.yaml")
+    jobs = batch.plan(smoke, tmp_path, overrides={"model": world_model})
+    assert len(jobs) == 7 and {j.variant for j in jobs} == set(VARIANTS)
+
+
+def test_run_config_is_the_notebooks(world_model):
+    """The batch's config for a run equals what notebook 10 builds (and what `invrev train` builds)."""
+    params = {**batch.notebook_parameters(), "model": world_model}
+    config = batch.run_config(params)
+    assert config.relation == params["relation"] and config.variant == params["variant"]
+    assert config.lambda_verb == 0.3 and config.relation_words == "hanging from"  # the relation's own
+    assert batch.run_config({**params, "lambda_verb": 0.9}).lambda_verb == 0.9
+
+
+def _fake_runs(root, relations=("on", "inside"), seeds=(0, 1), prompts=4, samples=2):
+    """Evaluated runs as a batch leaves them, with made-up scores (better variants pass more)."""
+    rng = np.random.default_rng(0)
+    for relation in relations:
+        for strength, variant in enumerate(VARIANTS):
+            for seed in seeds:
+                folder = runs.run_dir(root, relation, variant, seed)
+                config = make_config(f"data/world/benchmark/{relation}", variant, recipe="world", seed=seed)
+                runs.atomic_write_text(folder / "config.json", config.to_json())
+                runs.atomic_write_json(folder / "manifest.json", {"train_seconds": 1.5, "device": "cpu"})
+                runs.atomic_write_json(folder / "done.json", {"steps": config.steps})
+                (folder / "log.csv").write_text("step,loss,denoise,control,lr,seconds\n1,0.5,0.5,0.0,0.02,0.1\n")
+                images = [{"prompt": f"a red circle <r> a blue square {i}", "seed": ratings.image_seed(seed, i, k),
+                           "entity": bool(rng.random() < 0.5), "relation": bool(rng.random() < strength / 8), "fusion": False}
+                          for i in range(prompts) for k in range(samples)]
+                summary = {"n": len(images), "steps": 25, "guidance": 4.0, "seed": seed, "model": WORLD_MODEL,
+                           "entity_accuracy": 0.5, "relation_accuracy": 0.5}
+                runs.atomic_write_json(folder / "eval" / "metrics.json", {"summary": summary, "images": images})
+                tiles = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in images]
+                generate.grid(tiles, 2 * samples, scale=2).save(folder / "eval" / "grid.png")
+    rating_set = ratings.sample_rating_set(relations[0], random.Random(0), ("sd", "textual_inversion", "reversion", "inv_reversion"))
+    ranks = {v: i + 1 for i, v in enumerate(rating_set.variants)}
+    ratings.append_ratings(root / "ratings.csv", ratings.rows_for("ada", rating_set, "relation", ranks))
+    return root
+
+
+def test_collect_and_the_results_notebook(tmp_path):
+    source = _fake_runs(tmp_path / "runs")
+    dest = batch.collect(source, tmp_path / "latest")
+    record = runs.run_dir(dest, "on", "inv_reversion", 1)
+    assert {p.name for p in record.rglob("*") if p.is_file()} == {"config.json", "manifest.json", "done.json", "log.csv",
+                                                                  "metrics.json", "grid.png"}
+    assert (dest / "ratings.csv").is_file() and json.loads((dest / "collected.json").read_text())["runs"]
+    text = _text(nbformat.read(dest / "20_results.ipynb", as_version=4))
+    assert "28 runs" in text and "| **all** |" in text and "user " in text
+    assert "checked claims hold on the relation world" in text
+    # a folder that collect did not write is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(batch.BatchError, match="not written by collect"):
+        batch.collect(source, tmp_path / "mine", execute=False)

@@ -1,0 +1,118 @@
+"""Ratings and ranks: a person's rows written and read back through the widget's functions, the
+average user rank and the automatic rank against values worked out by hand, and the claim checks."""
+
+import random
+
+import pytest
+
+from invrev import ratings
+from invrev.config import TABLE1, TABLE2
+
+
+def test_rank_is_the_papers_scale_with_ties_averaged():
+    assert ratings.rank({"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3}) == {"a": 1, "b": 4, "c": 3, "d": 2}
+    # b and c tie for ranks 2 and 3; all four tied share 2.5
+    assert ratings.rank({"a": 0.0, "b": 0.5, "c": 0.5, "d": 1.0}) == {"a": 1, "b": 2.5, "c": 2.5, "d": 4}
+    assert set(ratings.rank(dict.fromkeys("abcd", 0.0)).values()) == {2.5}
+
+
+def test_image_seed_matches_evaluate_and_inverts():
+    # evaluate.evaluate: seeds = seed * 100_000 + i * 100 + k
+    assert ratings.image_seed(2, 7, 3) == 200_703
+    assert ratings.prompt_index(ratings.image_seed(2, 7, 3)) == 7
+
+
+def test_a_person_rates_two_sets_and_the_average_user_rank_is_their_mean(tmp_path):
+    path = tmp_path / "ratings.csv"
+    rng = random.Random(0)
+    first = ratings.sample_rating_set("inside", rng, TABLE1, seeds=[0, 1])
+    second = ratings.sample_rating_set("inside", rng, TABLE1, seeds=[0, 1])
+    assert sorted(first.variants) == sorted(TABLE1) and "<r>" in first.prompt
+    # what the widget does on "save": rows for both criteria, appended
+    for rating_set, best in ((first, "inv_reversion"), (second, "reversion")):
+        for criterion in ratings.CRITERIA:
+            ranks = {v: i + 1 for i, v in enumerate(sorted(TABLE1, key=lambda v: v == best))}
+            ratings.append_ratings(path, ratings.rows_for("ada", rating_set, criterion, ranks))
+    rows = ratings.read_ratings(path)
+    assert len(rows) == 2 * 2 * 4
+    assert path.read_text().splitlines()[0] == ",".join(ratings.FIELDS)
+    assert rows[0]["rater"] == "ada" and rows[0]["relation"] == "inside" and isinstance(rows[0]["seed"], int)
+    aur = ratings.average_user_rank(rows)
+    # set 1: sd 1, ti 2, reversion 3, inv 4; set 2: sd 1, ti 2, inv 3, reversion 4
+    expected = {"sd": 1.0, "textual_inversion": 2.0, "reversion": 3.5, "inv_reversion": 3.5}
+    assert aur == {c: {"inside": expected} for c in ratings.CRITERIA}
+
+
+def test_bad_rankings_are_refused(tmp_path):
+    rating_set = ratings.sample_rating_set("on", random.Random(1), TABLE1)
+    good = {v: i + 1 for i, v in enumerate(rating_set.variants)}
+    with pytest.raises(ratings.RatingError, match="1..4"):
+        ratings.rows_for("ada", rating_set, "entity", {**good, rating_set.variants[0]: 2})
+    with pytest.raises(ratings.RatingError, match="exactly once"):
+        ratings.rows_for("ada", rating_set, "entity", {v: good[v] for v in rating_set.variants[:3]})
+    with pytest.raises(ratings.RatingError, match="criterion"):
+        ratings.rows_for("ada", rating_set, "beauty", good)
+    with pytest.raises(ratings.RatingError, match="rater"):
+        ratings.rows_for(" ", rating_set, "entity", good)
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("who,rank\nada,1\n")
+    with pytest.raises(ratings.RatingError, match="header"):
+        ratings.read_ratings(bad)
+
+
+def _run(relation, variant, seed, hits_per_prompt, criterion="relation", samples=2):
+    """A fake evaluated run: prompt i has ``hits_per_prompt[i]`` of ``samples`` images passing."""
+    images = [{"seed": ratings.image_seed(seed, i, k), "prompt": f"p{i}", "entity": k < hits, "relation": k < hits}
+              for i, hits in enumerate(hits_per_prompt) for k in range(samples)]
+    return {"relation": relation, "variant": variant, "seed": seed, "images": images}
+
+
+def test_automatic_rank_by_hand():
+    runs = [
+        _run("on", "sd", 0, [0, 1]), _run("on", "textual_inversion", 0, [1, 1]),
+        _run("on", "reversion", 0, [2, 0]), _run("on", "inv_reversion", 0, [2, 2]),
+        _run("on", "no_hf", 0, [2, 2]),  # not in Table 1: ignored
+    ]
+    # prompt 0 scores: sd 0, ti .5, rev 1, inv 1 -> ranks 1, 2, 3.5, 3.5
+    # prompt 1 scores: sd .5, ti .5, rev 0, inv 1 -> ranks 2.5, 2.5, 1, 4
+    got = ratings.automatic_rank(runs, TABLE1, "relation")["on"]
+    assert got == {"sd": 1.75, "textual_inversion": 2.25, "reversion": 2.25, "inv_reversion": 3.75}
+    # a set where one variant has no run is left out rather than ranked on three
+    assert ratings.automatic_rank(runs[:3], TABLE1, "relation") == {}
+
+
+def test_accuracy_pools_seeds_and_reports_their_spread():
+    runs = [_run("on", "sd", 0, [2, 2]), _run("on", "sd", 1, [0, 2]), _run("in", "sd", 0, [0, 0])]
+    acc = ratings.accuracy(runs, "sd", "relation", "on")
+    assert acc["rate"] == 6 / 8 and acc["n"] == 8 and acc["seeds"] == 2
+    assert acc["seed_sd"] == pytest.approx(((1 - 0.75) ** 2 * 2) ** 0.5)  # rates 1.0 and 0.5
+    assert ratings.accuracy(runs, "sd", "relation")["rate"] == 6 / 12
+    assert ratings.accuracy(runs, "reversion", "relation") is None
+
+
+def _table_runs(order):
+    """Two relations, every variant of both tables; ``order`` lists variants from worst to best
+    (the i-th passes i of 8 images of every prompt)."""
+    return [_run(rel, v, 0, [i] * 40, samples=8) for rel in ("on", "inside") for i, v in enumerate(order)]
+
+
+def test_claims_follow_the_numbers():
+    good = ["sd", "textual_inversion", "no_inverse", "no_pos_weight", "no_hf", "reversion", "inv_reversion"]
+    claims = {c["claim"]: c["verdict"] for c in ratings.paper_claims(_table_runs(good))}
+    assert claims["Inv-ReVersion ranks first on relation accuracy in every relation (Table 1)"] == "holds"
+    assert claims["relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)"] == "holds"
+    assert [v for c, v in claims.items() if "Table 2" in c] == ["holds"] * 3
+    bad = list(reversed(good))
+    claims = {c["claim"]: c["verdict"] for c in ratings.paper_claims(_table_runs(bad))}
+    assert claims["Inv-ReVersion ranks first on relation accuracy in every relation (Table 1)"] == "does not hold"
+    assert claims["relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)"] == "does not hold"
+    assert {v for c, v in claims.items() if "Table 2" in c} <= {"does not hold", "cannot tell"}
+
+
+def test_markdown_table_has_a_row_per_relation_and_the_user_rank():
+    runs = _table_runs(list(TABLE2) + ["sd", "textual_inversion", "reversion"])
+    user = {"relation": {"on": {"inv_reversion": 3.5}}}
+    table = ratings.markdown_table(runs, TABLE1, "relation", user).splitlines()
+    assert len(table) == 2 + 2 + 1  # header, rule, two relations, all
+    assert table[2].startswith("| on |") and "user 3.50" in table[2] and "rank" in table[2]
+    assert table[-1].startswith("| **all** |")
