@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from invrev import generate, runs, text
 from invrev.models import load_components
 
@@ -45,7 +47,10 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``."""
     from invrev.world import scorer
 
-    components = components or load_components(model)
+    if components is None:
+        components = load_components(model)
+        if torch.cuda.is_available():
+            components.to("cuda")
     if variant != "sd":
         if run_folder is None:
             raise ValueError(f"variant {variant!r} needs --embeddings RUN_FOLDER (only sd uses words)")
