@@ -17,7 +17,7 @@ from transformers import CLIPTokenizer
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable character table (the same as GPT-2's)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -32,7 +32,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     """Greedy BPE over the distinct words (ties broken alphabetically, so the result is stable)."""
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     pieces = {}
     for word in sorted(set(words)):
         chars = [table[b] for b in word.encode("utf-8")]
@@ -66,7 +66,7 @@ def build_tokenizer(words: Iterable[str], out_dir: str | Path, model_max_length:
     """Learn a CLIPTokenizer for ``words`` and save it (``save_pretrained``) into ``out_dir``."""
     words = sorted({w.lower() for w in words})
     merges = learn_merges(words)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
     out = Path(out_dir)

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 
+from invrev.tokenizer import bytes_to_unicode
+
 KINDS = ("prepositions", "verbs", "stopwords")
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -58,24 +60,11 @@ def load_words(kind: str) -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable characters, in CLIP's vocabulary order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
 def clip_vocab_and_merges(bpe_gz_path: str | os.PathLike) -> tuple[dict[str, int], list[str]]:
     """CLIP's token -> id table and merge rules, rebuilt as OpenAI's ``SimpleTokenizer`` does."""
     with gzip.open(bpe_gz_path, "rt", encoding="utf-8") as f:
         merges = f.read().split("\n")[1 : N_MERGES + 1]
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     tokens += ["".join(m.split()) for m in merges] + [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
