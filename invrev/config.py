@@ -230,7 +230,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "data/world/model",
         "revision": "local",
         "resolution": 32,
-        "steps": 300,
+        "steps": 150,  # the control loss plateaus by step 100; the denoising loss shows no trend over 300
         "batch_size": 8,
         "grad_accum": 1,
         "learning_rate": 2.5e-3,  # x8 = 2e-2: a 32 px world converges in 10x fewer steps at 10x the step size
