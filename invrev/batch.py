@@ -49,6 +49,7 @@ TINY = {
     "02_inverse_relation_text.ipynb": {"pairs": 2, "timesteps": [500], "gen_steps": 2},
     "03_pos_weighted_control_loss.ipynb": {"steps": 2, "every": 1, "batch_size": 2},
     "04_relation_focal_sampling.ipynb": {"draws": 2000},
+    "05_world_pretrain.ipynb": {"out": "outputs/notebooks/world_pretrain", "steps": 2, "batch_size": 4, "resume": False},
     "10_run.ipynb": {"steps": 2, "batch_size": 2, "eval_prompts": 2, "eval_samples": 1, "eval_steps": 2},
     "20_results.ipynb": {},
     "30_explorer.ipynb": {"samples": 2, "steps": 2, "seeds": [0]},
