@@ -90,8 +90,9 @@ def save(folder: str | Path, tokenizer, text_encoder, unet, scheduler, config: W
     folder = Path(folder)
     tokenizer.save_pretrained(folder / "tokenizer")
     # fp16 on disk halves the size (the repo keeps it); the loader reads it back as fp32.
-    text_encoder.half().save_pretrained(folder / "text_encoder")
-    unet.half().save_pretrained(folder / "unet")
+    # Shards of at most 15 MB: files come back from a lent GPU machine at 16 MiB at most.
+    text_encoder.half().save_pretrained(folder / "text_encoder", max_shard_size="15MB")
+    unet.half().save_pretrained(folder / "unet", max_shard_size="15MB")
     scheduler.save_pretrained(folder / "scheduler")
     meta = {"latent": {"type": "pixel", "factor": config.fold}, "world_model": asdict(config), **provenance}
     (folder / "invrev.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
