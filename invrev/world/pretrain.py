@@ -77,9 +77,7 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
         torch_gen.set_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
     alphas = scheduler.alphas_cumprod.to(device)
-    log = open(folder / "pretrain_log.csv", "a")
-    if step == 0:
-        log.write("step,loss,seconds\n")
+    log = _open_log(folder / "pretrain_log.csv", step)
     budget = config.minutes * 60
     start = time.perf_counter() - seconds
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="pretraining", unit="step")
@@ -124,6 +122,16 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
     bar.close()
     log.close()
     return export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device)
+
+
+def _open_log(path: Path, step: int):
+    """The loss log, continued at ``step``: rows past the checkpoint (or all, on a fresh start) dropped."""
+    kept = []
+    if step > 0 and path.is_file():
+        kept = [line for line in path.read_text().splitlines()[1:] if int(line.split(",")[0]) <= step]
+    log = open(path, "w")
+    log.write("\n".join(["step,loss,seconds", *kept]) + "\n")
+    return log
 
 
 def export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device) -> Path:
