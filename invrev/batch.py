@@ -160,13 +160,13 @@ def run_config(params: Mapping[str, Any]) -> TrainConfig:
     ``lambda_verb = -1.0`` means the relation's own weight (``invrev.world.scene.RELATIONS``); the
     relation's words go into the config as the CLI does, so both write the same ``config.json``.
     """
-    from invrev.world.scene import RELATIONS
+    from invrev.world.scene import config_overrides
 
-    info = RELATIONS[params["relation"]]
+    world = config_overrides(params["relation"])
+    if params["lambda_verb"] != -1.0:
+        world["lambda_verb"] = params["lambda_verb"]
     return make_config(
-        f"{params['data_root']}/{params['relation']}", params["variant"], recipe="world",
-        relation_words=info.words,
-        lambda_verb=info.lambda_verb if params["lambda_verb"] == -1.0 else params["lambda_verb"],
+        f"{params['data_root']}/{params['relation']}", params["variant"], recipe="world", **world,
         seed=params["seed"], model=params["model"], steps=params["steps"], batch_size=params["batch_size"],
         learning_rate=params["learning_rate"], hf_sigma=params["hf_sigma"],
     )

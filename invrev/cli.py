@@ -142,11 +142,9 @@ def _run_config(args):
     recipe = args.recipe or ("world" if args.model == WORLD_MODEL else "sd15")
     overrides = {"model": args.model, "seed": args.seed}
     if args.model == WORLD_MODEL:
-        from invrev.world.scene import RELATIONS
+        from invrev.world.scene import config_overrides
 
-        info = RELATIONS.get(Path(exemplars).name)
-        if info:
-            overrides.update(relation_words=info.words, lambda_verb=info.lambda_verb)
+        overrides.update(config_overrides(Path(exemplars).name))
     overrides.update(parse_assignments(getattr(args, "set", [])))
     resolve_model(args.model)
     return make_config(exemplars, args.variant, recipe, **overrides)
@@ -201,12 +199,11 @@ def _evaluate(args) -> int:
 def _demo(args) -> int:
     from invrev import evaluate, runs, trainer
     from invrev.config import make_config
-    from invrev.world.scene import RELATIONS
+    from invrev.world.scene import config_overrides
 
-    info = RELATIONS[args.relation]
     out = Path(args.out)
     config = make_config(resolve_data(BENCHMARK) / args.relation, "inv_reversion", "world", seed=0,
-                         relation_words=info.words, lambda_verb=info.lambda_verb)
+                         **config_overrides(args.relation))
     folder = runs.run_dir(out / "runs", args.relation, "inv_reversion", 0)
     trainer.train(config, folder, resume=True)
     metrics = evaluate.evaluate(config.model, args.relation, "inv_reversion", folder, seed=0, out=folder / "eval")
@@ -223,19 +220,11 @@ def _check_scorer(args) -> int:
 
     rows = scorer.check_scorer(args.seed, args.per_relation)
     print(scorer.format_table(rows))
-    failed = [r for r in rows if not _row_passed(r)]
+    failed = [r.relation for r in rows if not r.passed]
     if failed:
-        print(f"below the 98% bar: {', '.join(_row_name(r) for r in failed)}", file=sys.stderr)
+        print(f"below the 98% bar: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _row_passed(row) -> bool:
-    return row["passed"] if isinstance(row, dict) else row.passed
-
-
-def _row_name(row) -> str:
-    return row["relation"] if isinstance(row, dict) else row.relation
 
 
 def _benchmark(args) -> int:

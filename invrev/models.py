@@ -165,9 +165,3 @@ def _load_codec(source: str, local: bool, kwargs: dict) -> VaeCodec | PixelCodec
     if local and not (Path(source) / "vae").is_dir():
         raise ModelError(f"{source} has no vae/ folder and no pixel-space invrev.json: it is not a text-to-image model")
     return VaeCodec(AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **kwargs))
-
-
-def model_info(model: str) -> dict:
-    """Provenance stored beside a local model (``invrev.json``), or {} for hub models."""
-    meta = Path(resolve_model(model)) / "invrev.json"
-    return json.loads(meta.read_text()) if meta.is_file() else {}

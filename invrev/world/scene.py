@@ -89,3 +89,9 @@ def sample_pair(rng: np.random.Generator) -> tuple[Entity, Entity]:
     i = rng.integers(len(ENTITIES))
     others = [e for e in ENTITIES if e.colour != ENTITIES[i].colour]
     return ENTITIES[i], others[rng.integers(len(others))]
+
+
+def config_overrides(relation: str) -> dict:
+    """What a benchmark relation sets in a TrainConfig: its words (for ``sd``) and its λ_verb; {} otherwise."""
+    info = RELATIONS.get(relation)
+    return {"relation_words": info.words, "lambda_verb": info.lambda_verb} if info else {}
