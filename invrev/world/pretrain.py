@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class PretrainConfig:
     p_uncond: float = 0.1  # empty captions, for classifier-free guidance
     seed: int = 0
     checkpoint_every: int = 250
+    workers: int = -1  # processes rendering batches; -1: none on a CPU, all cores but two on a GPU
 
 
 def sample_batch(rng: np.random.Generator, n: int, p_uncond: float):
@@ -50,6 +52,35 @@ def sample_batch(rng: np.random.Generator, n: int, p_uncond: float):
     return x, texts
 
 
+class Batches(torch.utils.data.Dataset):
+    """Batch ``step`` of a run, rendered from its own generator seeded by ``(seed, step)``.
+
+    Any worker process draws the same batch for a step, and a resume continues the same stream, so
+    a run is reproducible whatever ``workers`` is (rendering is the CPU-bound part on a GPU).
+    """
+
+    def __init__(self, config: PretrainConfig, world: model.WorldModelConfig, tokenizer):
+        self.config, self.world, self.tokenizer = config, world, tokenizer
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int):
+        x, texts = sample_batch(np.random.default_rng([self.config.seed, step]), self.config.batch_size, self.config.p_uncond)
+        ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.world.max_tokens,
+                             return_tensors="pt").input_ids
+        return F.pixel_unshuffle(x, self.world.fold), ids
+
+
+def _loader(batches: Batches, start: int, device: torch.device) -> torch.utils.data.DataLoader:
+    workers = batches.config.workers
+    if workers < 0:
+        workers = max(0, min(14, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, batches.config.steps),
+                                       num_workers=workers, pin_memory=device.type == "cuda",
+                                       prefetch_factor=4 if workers else None)
+
+
 def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
              world: model.WorldModelConfig = model.WorldModelConfig(), resume: bool = True, progress: bool = True) -> Path:
     """Train into ``folder/checkpoint.pt``; write the EMA model to ``folder/model``. Returns that path."""
@@ -63,7 +94,6 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     ema = [p.detach().clone() for p in params]
-    rng = np.random.default_rng(config.seed)
     torch_gen = torch.Generator().manual_seed(config.seed)
     step, seconds = 0, 0.0
     ckpt = folder / "checkpoint.pt"
@@ -73,7 +103,6 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         ema = [e.to(device) for e in state["ema"]]
-        rng.bit_generator.state = state["rng"]
         torch_gen.set_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
     alphas = scheduler.alphas_cumprod.to(device)
@@ -81,11 +110,10 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
     budget = config.minutes * 60
     start = time.perf_counter() - seconds
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="pretraining", unit="step")
-    while step < config.steps and time.perf_counter() - start < budget:
-        x, texts = sample_batch(rng, config.batch_size, config.p_uncond)
-        x = F.pixel_unshuffle(x, world.fold).to(device)
-        ids = tokenizer(texts, padding="max_length", truncation=True, max_length=world.max_tokens,
-                        return_tensors="pt").input_ids.to(device)
+    for x, ids in _loader(Batches(config, world, tokenizer), step, device):
+        if time.perf_counter() - start >= budget:
+            break
+        x, ids = x.to(device, non_blocking=True), ids.to(device, non_blocking=True)
         t = torch.randint(0, len(alphas), (x.shape[0],), generator=torch_gen).to(device)
         noise = torch.randn(x.shape, generator=torch_gen).to(device)
         a = alphas[t].sqrt().view(-1, 1, 1, 1)
@@ -116,7 +144,7 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
             log.flush()
             runs.atomic_torch_save(ckpt, {
                 "text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
-                "optimizer": optimizer.state_dict(), "ema": ema, "rng": rng.bit_generator.state,
+                "optimizer": optimizer.state_dict(), "ema": ema,
                 "torch_rng": torch_gen.get_state(), "step": step, "seconds": seconds,
             })
     bar.close()
