@@ -240,7 +240,8 @@ def is_done(job: Job) -> bool:
         return False
     s, p = json.loads(metrics.read_text())["summary"], job.params
     return (s.get("n") == p["eval_prompts"] * p["eval_samples"] and s.get("steps") == p["eval_steps"]
-            and s.get("guidance") == p["eval_guidance"] and s.get("seed") == p["seed"] and s.get("model") == p["model"])
+            and s.get("guidance") == p["eval_guidance"] and s.get("seed") == p["seed"] and s.get("model") == p["model"]
+            and s.get("model_fingerprint") == runs.model_fingerprint(p["model"]))
 
 
 # Running ---------------------------------------------------------------------------------------------

@@ -28,6 +28,12 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def components_for_inference(model: str):
+    """The model's components, on the GPU when there is one."""
+    components = load_components(model)
+    return components.to("cuda") if torch.cuda.is_available() else components
+
+
 def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>") -> list[dict]:
     """The relation's held-out (A, B) pairs as prompts: "A <r> B", or "A <words> B" for ``sd``."""
     from invrev.world import benchmark, captions, scene
@@ -48,9 +54,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     from invrev.world import scorer
 
     if components is None:
-        components = load_components(model)
-        if torch.cuda.is_available():
-            components.to("cuda")
+        components = components_for_inference(model)
     if variant != "sd":
         if run_folder is None:
             raise ValueError(f"variant {variant!r} needs --embeddings RUN_FOLDER (only sd uses words)")
@@ -66,12 +70,13 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
         records.append({"prompt": texts[i], "seed": seeds[i], "entity": bool(s.entity),
                         "relation": bool(s.relation), "fusion": bool(s.fusion)})
     summary = summarise(records)
-    summary.update(relation=relation, variant=variant, seed=seed, model=model, steps=steps, guidance=guidance)
+    summary.update(relation=relation, variant=variant, seed=seed, model=model, steps=steps, guidance=guidance,
+                   model_fingerprint=runs.model_fingerprint(model))
     result = {"summary": summary, "images": records}
     if out is not None:
         out = Path(out)
         runs.atomic_write_json(out / "metrics.json", result)
-        generate.grid(images[: samples * min(8, len(items))], samples * 2, scale=2).save(out / "grid.png")
+        generate.grid(images[: samples * min(8, len(items))], samples * 2).save(out / "grid.png")  # 1:1; viewers upscale
     return result
 
 

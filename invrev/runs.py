@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from invrev.models import REPO_ROOT
+from invrev.models import REPO_ROOT, ModelError, resolve_model
 
 PACKAGES = ("invrev", "torch", "diffusers", "transformers", "accelerate", "safetensors", "papermill")
 
@@ -57,7 +58,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit of the invrev checkout and whether it had uncommitted changes (None outside git)."""
+    """Commit of the invrev checkout and whether it had uncommitted changes (None outside git;
+    ``INVREV_GIT_COMMIT`` names the commit of a copy made without its .git folder)."""
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
@@ -65,7 +67,10 @@ def git_state() -> dict[str, Any]:
             return None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("INVREV_GIT_COMMIT"):  # a copy without .git (a lent GPU machine)
+        return {"commit": os.environ["INVREV_GIT_COMMIT"], "dirty": None}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def versions() -> dict[str, str | None]:
@@ -90,12 +95,40 @@ def write_manifest(folder: str | Path, **fields: Any) -> Path:
     return atomic_write_json(Path(folder) / "manifest.json", manifest)
 
 
+def model_fingerprint(model: str, revision: str | None = "main") -> str:
+    """What a run was trained or evaluated on: a local folder's content hash, or a hub id at its revision.
+
+    A batch compares it, so that replacing the model behind the same path (``invrev world ship``)
+    makes earlier runs stale instead of silently "complete".
+    """
+    try:
+        path = Path(resolve_model(model))
+    except ModelError:
+        return f"{model}@{revision}"
+    if not path.is_dir():
+        return f"{model}@{revision}"
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return _folder_hash(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files), str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_hash(stats: tuple, root: str) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stats:
+        digest.update(f"{Path(name).relative_to(root)}\0{sha256_file(name)}\n".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def is_complete(folder: str | Path, config_json: str | None = None) -> bool:
-    """A run is complete when it wrote ``done.json``; with ``config_json``, also with that config."""
+    """A run is complete when it wrote ``done.json``; with ``config_json``, also with that config,
+    trained on the model that its config names as it is now (:func:`model_fingerprint`)."""
     folder = Path(folder)
     if not (folder / "done.json").is_file():
         return False
     if config_json is None:
         return True
-    saved = folder / "config.json"
-    return saved.is_file() and json.loads(saved.read_text()) == json.loads(config_json)
+    saved, config = folder / "config.json", json.loads(config_json)
+    if not saved.is_file() or json.loads(saved.read_text()) != config:
+        return False
+    done = json.loads((folder / "done.json").read_text())
+    return done.get("model_fingerprint") == model_fingerprint(config["model"], config.get("revision", "main"))

@@ -388,11 +388,16 @@ def _save_checkpoint(run: Run) -> None:
         "vectors": run.vectors.detach().cpu(),
         "optimizer": run.optimizer.state_dict(),
         "generator": run.generator.get_state(),
+        "model_fingerprint": runs.model_fingerprint(run.config.model, run.config.revision),
     })
 
 
 def _load_checkpoint(run: Run, path: Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
+    saved, now = state.get("model_fingerprint"), runs.model_fingerprint(run.config.model, run.config.revision)
+    if saved is not None and saved != now:
+        raise TrainingError(f"{run.folder} was trained on another model than {run.config.model!r} is now "
+                            f"({saved}, now {now}); move that folder away or train into a new runs root")
     with torch.no_grad():
         run.vectors.copy_(state["vectors"].to(run.vectors.device))
     run.optimizer.load_state_dict(state["optimizer"])
@@ -439,4 +444,5 @@ def _finish(run: Run, started: str, accelerator: Accelerator, dtype: torch.dtype
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         learned={k: embeddings.file_name(k) for k in learned},
     )
-    runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if c.train else 0})
+    runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if c.train else 0,
+                                                      "model_fingerprint": runs.model_fingerprint(c.model, c.revision)})

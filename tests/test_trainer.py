@@ -130,3 +130,21 @@ def test_latent_placement_of_the_filter_changes_the_loss(tiny_config, components
         folder = trainer.train(tiny_config(hf_suppress=place, steps=1), tmp_path / place, components=components, progress=False)
         logs[place] = (folder / "log.csv").read_text().splitlines()[1].split(",")[2]
     assert logs["latent"] != logs["off"]
+
+
+def test_a_run_is_stale_once_its_model_changes(tiny_config, tmp_path):
+    """`invrev world ship` replaces the model behind the same path: earlier runs must not count as done."""
+    import shutil
+
+    from invrev import runs
+    from invrev.models import load_components
+
+    model = shutil.copytree(tiny_config().model, tmp_path / "model")
+    config = tiny_config(model=str(model), steps=2)
+    folder = trainer.train(config, tmp_path / "run", components=load_components(str(model)), progress=False)
+    assert runs.is_complete(folder, config.to_json())
+    info = model / "scheduler" / "scheduler_config.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "steps_offset": 0, "_retrained": True}))
+    assert not runs.is_complete(folder, config.to_json())
+    with pytest.raises(trainer.TrainingError, match="another model"):
+        trainer.train(config, folder, components=load_components(str(model)), resume=True, progress=False)
