@@ -36,10 +36,8 @@ batch: setup ## the full batch (10 relations x 7 variants x 3 seeds), then the c
 check-scorer: setup ## validate the world's scorer on fresh renders
 	$(BIN)/invrev world check-scorer --seed 7 --per-relation 200
 
-gpu-wheels: ## download diffusers as a py3.12 wheel into .whl/ for a lent GPU machine (see scripts/gpu_run.sh)
-	grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux2014_x86_64 --platform any -d .whl diffusers==$$($(BIN)/python -c 'import diffusers; print(diffusers.__version__)')
+gpu-wheels: ## wheels a lent GPU machine lacks (diffusers, papermill, a Jupyter kernel) into .whl/ (see scripts/gpu_run.sh)
+	bash scripts/gpu_wheels.sh
 
 clean: ## remove outputs and the book build (keeps runs/ and .venv)
 	rm -rf outputs book/_build

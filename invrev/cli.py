@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=-1, help="processes rendering batches (default -1: none on a CPU, all cores but two on a GPU)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=_pretrain)
     p = wsub.add_parser("report", help="per-relation accuracy of a world model prompted in words")
@@ -111,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     p = wsub.add_parser("ship", help="install a pretrained model as the embedded default, with its manifest")
     p.add_argument("--source", required=True, help="the model folder written by `invrev world pretrain`")
     p.add_argument("--dest", default=WORLD_MODEL)
+    p.add_argument("--prompts", type=int, default=20, help="held-out prompts per relation in the report (default 20)")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt in the report (default 4)")
     p.set_defaults(func=_ship)
     world.set_defaults(func=lambda a: world.print_help() or 2)
     return parser
@@ -245,7 +248,7 @@ def _report(args) -> int:
 def _ship(args) -> int:
     from invrev.world import release
 
-    dest = release.ship(args.source, args.dest)
+    dest = release.ship(args.source, args.dest, args.prompts, args.samples)
     print(f"model shipped to {dest}; manifest at {dest.parent / 'manifest.json'}")
     return 0
 
@@ -254,7 +257,7 @@ def _pretrain(args) -> int:
     from invrev.world import pretrain
 
     config = pretrain.PretrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
-                                     learning_rate=args.learning_rate, seed=args.seed)
+                                     learning_rate=args.learning_rate, seed=args.seed, workers=args.workers)
     out = pretrain.pretrain(args.out, config, resume=not args.fresh)
     print(f"model written to {out}")
     return 0

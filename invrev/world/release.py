@@ -7,14 +7,13 @@ import shutil
 from pathlib import Path
 
 from invrev import runs
-from invrev.evaluate import evaluate
-from invrev.models import load_components
+from invrev.evaluate import components_for_inference, evaluate
 from invrev.world import scene
 
 
 def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progress: bool = True) -> list[dict]:
     """Per benchmark relation: entity and relation accuracy and fusion rate, the relation in words."""
-    components = load_components(model)
+    components = components_for_inference(model)
     rows = []
     for relation in sorted(scene.RELATIONS):
         summary = evaluate(model, relation, "sd", None, seed=seed, prompts=prompts, samples=samples,
