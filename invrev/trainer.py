@@ -86,7 +86,8 @@ def train_many(
     vocab = _Vocabulary(components, [first.placeholder, first.inverse_placeholder])
     dtype = _precision(first.mixed_precision, accelerator.device)
     text_encoder, unet = components.compute_modules(accelerator.device, dtype)
-    modules = _Modules(components, text_encoder, unet, dtype)
+    table = components.text_encoder.get_input_embeddings().weight.detach().to(accelerator.device, torch.float32)
+    modules = _Modules(components, text_encoder, unet, dtype, table)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     all_runs = [_open_run(c, Path(f), components, vocab, accelerator, resume) for c, f in zip(configs, folders)]
     trainable = [r for r in all_runs if r.config.train]
@@ -133,16 +134,14 @@ def _precision(setting: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class _Modules:
-    """What a step runs: the frozen modules in the compute dtype, and the fp32 token table."""
+    """What a step runs: the frozen modules in the compute dtype, and the fp32 token table on the
+    compute device (in low precision the fp32 originals stay where they were loaded)."""
 
     components: Components
     text_encoder: torch.nn.Module
     unet: torch.nn.Module
     dtype: torch.dtype
-
-    @property
-    def table(self) -> torch.Tensor:
-        return self.components.text_encoder.get_input_embeddings().weight
+    table: torch.Tensor
 
 
 class _Vocabulary:
@@ -339,12 +338,12 @@ def _control_loss(run: Run, caption_ids: torch.Tensor, draw: _Draw, table: torch
     if c.steer == "none":
         return torch.zeros((), device=r.device)
     neg_ids, mask = _negative_ids(caption_ids, draw.vocab_neg, c, vocab)
-    negatives = table[neg_ids.to(table.device)].float()
+    negatives = table[neg_ids.to(table.device)]
     mask = mask.to(table.device)
-    prepositions = table[vocab.preposition_ids[draw.prep].to(table.device)].float()
+    prepositions = table[vocab.preposition_ids[draw.prep].to(table.device)]
     if c.steer == "prepositions":
         return losses.steer_loss(r, prepositions, negatives, c.temperature, mask).mean()
-    verbs = table[vocab.verb_ids[draw.verb].to(table.device)].float()
+    verbs = table[vocab.verb_ids[draw.verb].to(table.device)]
     return losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature, mask).mean()
 
 
