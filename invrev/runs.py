@@ -59,18 +59,17 @@ def sha256_file(path: str | Path) -> str:
 
 def git_state() -> dict[str, Any]:
     """Commit of the invrev checkout and whether it had uncommitted changes (None outside git;
-    ``INVREV_GIT_COMMIT`` names the commit of a copy made without its .git folder)."""
+    ``INVREV_GIT_COMMIT``, when set, names the commit of a copy whose .git is absent or stale)."""
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
-    commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("INVREV_GIT_COMMIT"):  # a copy without .git (a lent GPU machine)
+    if os.environ.get("INVREV_GIT_COMMIT"):  # a copy whose .git is absent or stale (a lent GPU machine's)
         return {"commit": os.environ["INVREV_GIT_COMMIT"], "dirty": None}
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 def versions() -> dict[str, str | None]:
