@@ -214,6 +214,11 @@ def plan(experiment: Experiment, runs_root: str | Path, notebook: str | Path = R
                     raise BatchError(f"{relation}/{variant}/seed{seed}: {err}") from err
                 command = f"{rerun} --relations {relation} --variants {variant} --seeds {seed}"
                 jobs.append(Job(relation, variant, seed, runs.run_dir(root, relation, variant, seed), p, config.to_json(), command))
+    now = runs.model_fingerprint(params["model"])
+    stale = [j for j in jobs if j.folder.is_dir() and runs.trained_on(j.folder) not in (None, now)]
+    if stale:
+        raise BatchError(f"{len(stale)} run folder(s) under {root} were trained on another model than {params['model']!r} "
+                         f"is now (e.g. {stale[0].folder}); keep them and give a new --runs root, or move them away")
     return jobs
 
 

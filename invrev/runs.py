@@ -118,6 +118,18 @@ def _folder_hash(stats: tuple, root: str) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def trained_on(folder: str | Path) -> str | None:
+    """The model fingerprint a run folder's training recorded (``done.json``, else its checkpoint)."""
+    folder = Path(folder)
+    if (folder / "done.json").is_file():
+        found = json.loads((folder / "done.json").read_text()).get("model_fingerprint")
+        if found:
+            return found
+    if (folder / "checkpoint.pt").is_file():
+        return torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True).get("model_fingerprint")
+    return None
+
+
 def is_complete(folder: str | Path, config_json: str | None = None) -> bool:
     """A run is complete when it wrote ``done.json``; with ``config_json``, also with that config,
     trained on the model that its config names as it is now (:func:`model_fingerprint`)."""

@@ -161,6 +161,13 @@ def test_experiments_are_validated_before_anything_runs(tmp_path, world_model):
     smoke = batch.load_experiment(REPO_ROOT / "experiments" / "smoke.yaml")
     jobs = batch.plan(smoke, tmp_path, overrides={"model": world_model})
     assert len(jobs) == 7 and {j.variant for j in jobs} == set(VARIANTS)
+    # runs trained on a model since replaced behind the same path: refused before anything runs, none lost
+    stale = runs.run_dir(tmp_path, "on", "sd", 0)
+    stale.mkdir(parents=True)
+    (stale / "done.json").write_text(json.dumps({"steps": 0, "model_fingerprint": "sha256:an-older-model"}))
+    with pytest.raises(batch.BatchError, match="1 run folder.* another model.*new --runs"):
+        batch.plan(ok, tmp_path)
+    assert (stale / "done.json").is_file()
 
 
 def test_run_config_is_the_notebooks(world_model):
