@@ -40,7 +40,8 @@ from invrev.models import REPO_ROOT
 RUN_NOTEBOOK = "notebooks/10_run.ipynb"
 RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
 PER_RUN = ("relation", "variant", "seed", "runs_root")  # set by the batch for each run, never by experiments
-RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png")
+RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png",
+          "learned/r.safetensors", "learned/inv.safetensors")  # the learned tokens: the explorer and rating work on a clone
 EXPERIMENT_KEYS = ("relations", "variants", "seeds", "params")
 KERNEL = "python3"
 # Tiny parameters per notebook: what `invrev notebooks` (make notebooks) and the smoke tests run.
@@ -445,6 +446,12 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         raise BatchError(f"no evaluated runs under {src} (expected <relation>/<variant>/seed<k>/eval/metrics.json)")
     if dest.exists() and any(dest.iterdir()) and not (dest / "collected.json").is_file():
         raise BatchError(f"{dest} exists and was not written by collect; choose an empty or new folder")
+    for ratings in sorted(dest.rglob("ratings.csv")) if dest.is_dir() else []:  # made there by a person: keep
+        kept = src / ratings.relative_to(dest)
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ratings, kept)
+            print(f"kept {ratings} (not in {src}) as {kept}", flush=True)
     shutil.rmtree(dest, ignore_errors=True)
     for run in found:
         out = dest / run["folder"].relative_to(src)

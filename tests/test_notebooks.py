@@ -14,6 +14,8 @@ import nbformat
 import numpy as np
 import papermill
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from invrev import batch, generate, ratings, runs
 from invrev.config import VARIANTS, make_config
@@ -197,6 +199,9 @@ def _fake_runs(root, relations=("on", "inside"), seeds=(0, 1), prompts=4, sample
                 summary = {"n": len(images), "steps": 25, "guidance": 4.0, "seed": seed, "model": WORLD_MODEL,
                            "entity_accuracy": 0.5, "relation_accuracy": 0.5}
                 runs.atomic_write_json(folder / "eval" / "metrics.json", {"summary": summary, "images": images})
+                if config.train:
+                    (folder / "learned").mkdir()
+                    save_file({"<r>": torch.zeros(8)}, str(folder / "learned" / "r.safetensors"))
                 tiles = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in images]
                 generate.grid(tiles, 2 * samples, scale=2).save(folder / "eval" / "grid.png")
     rating_set = ratings.sample_rating_set(relations[0], random.Random(0), ("sd", "textual_inversion", "reversion", "inv_reversion"))
@@ -210,11 +215,17 @@ def test_collect_and_the_results_notebook(tmp_path):
     dest = batch.collect(source, tmp_path / "latest")
     record = runs.run_dir(dest, "on", "inv_reversion", 1)
     assert {p.name for p in record.rglob("*") if p.is_file()} == {"config.json", "manifest.json", "done.json", "log.csv",
-                                                                  "metrics.json", "grid.png"}
+                                                                  "metrics.json", "grid.png", "r.safetensors"}
     assert (dest / "ratings.csv").is_file() and json.loads((dest / "collected.json").read_text())["runs"]
     text = _text(nbformat.read(dest / "20_results.ipynb", as_version=4))
     assert "28 runs" in text and "| **all** |" in text and "user " in text
     assert "checked claims hold on the relation world" in text
+    # ratings a person saved into the record survive the next collect (kept in the source too)
+    mine = dest / "study" / "ratings.csv"
+    ratings.append_ratings(mine, ratings.rows_for("bo", ratings.sample_rating_set("on", random.Random(1)), "entity",
+                                                  {v: i + 1 for i, v in enumerate(("sd", "textual_inversion", "reversion", "inv_reversion"))}))
+    batch.collect(source, dest, execute=False)
+    assert (source / "study" / "ratings.csv").read_text() == mine.read_text() and mine.is_file()
     # a folder that collect did not write is never replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
