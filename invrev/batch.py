@@ -40,6 +40,7 @@ from invrev.models import REPO_ROOT
 RUN_NOTEBOOK = "notebooks/10_run.ipynb"
 RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
 PER_RUN = ("relation", "variant", "seed", "runs_root")  # set by the batch for each run, never by experiments
+RECORD_GRID_PROMPTS = 4  # the record keeps the grid rows of a run's first prompts (the book's side-by-side figures)
 RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png",
           "learned/r.safetensors", "learned/inv.safetensors")  # the learned tokens: the explorer and rating work on a clone
 EXPERIMENT_KEYS = ("relations", "variants", "seeds", "params")
@@ -437,7 +438,8 @@ def load_runs(root: str | Path) -> list[dict]:
 def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, execute: bool = True,
             results_notebook: str | Path = RESULTS_NOTEBOOK) -> Path:
     """Copy every evaluated run's compact record (and any ``ratings.csv``) from ``runs_root`` into
-    ``dest``, replacing what an earlier collect left there; then, with ``execute``, run the results
+    ``dest``, replacing what an earlier collect left there (a grid keeps the rows of its first
+    ``RECORD_GRID_PROMPTS`` prompts, which the book shows); then, with ``execute``, run the results
     notebook on it into ``dest/20_results.ipynb`` and keep one executed run notebook as
     ``dest/10_run.ipynb``: what the book shows on a fresh clone."""
     src, dest = Path(runs_root), Path(dest)
@@ -458,7 +460,10 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         for name in RECORD:
             if (run["folder"] / name).is_file():
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run["folder"] / name, out / name)
+                if name == "eval/grid.png":
+                    _record_grid(run, out / name)
+                else:
+                    shutil.copy2(run["folder"] / name, out / name)
     for ratings in sorted(src.rglob("ratings.csv")):
         (dest / ratings.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ratings, dest / ratings.relative_to(src))
@@ -478,6 +483,18 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
                                    parameters={"runs_root": str(shown)}, kernel_name=KERNEL, cwd=str(REPO_ROOT),
                                    progress_bar=False)
     return dest
+
+
+def _record_grid(run: dict, dest: Path, prompts: int = RECORD_GRID_PROMPTS, pad: int = 2) -> None:
+    """The rows of a run's ``eval/grid.png`` (``invrev.generate.grid`` layout: two prompts' samples a row)
+    that hold its first ``prompts`` prompts: what the book shows, at a fraction of the bytes."""
+    from PIL import Image
+
+    images = run["images"]
+    samples = next((i for i, image in enumerate(images) if image["prompt"] != images[0]["prompt"]), len(images))
+    grid = Image.open(run["grid"])
+    size = (grid.width - pad) // (2 * samples) - pad
+    grid.crop((0, 0, grid.width, min(grid.height, pad + -(-prompts // 2) * (size + pad)))).save(dest)
 
 
 def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = None) -> list[Path]:

@@ -231,3 +231,15 @@ def test_collect_and_the_results_notebook(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(batch.BatchError, match="not written by collect"):
         batch.collect(source, tmp_path / "mine", execute=False)
+
+
+def test_the_record_keeps_the_grid_rows_the_book_shows(tmp_path):
+    tiles = [np.full((32, 32, 3), 10 * i, dtype=np.uint8) for i in range(16)]  # 8 prompts x 2 samples
+    generate.grid(tiles, 4).save(tmp_path / "grid.png")
+    images = [{"prompt": f"prompt {i}"} for i in range(8) for _ in range(2)]
+    batch._record_grid({"images": images, "grid": tmp_path / "grid.png"}, tmp_path / "kept.png")
+    from PIL import Image
+
+    full, kept = Image.open(tmp_path / "grid.png"), Image.open(tmp_path / "kept.png")
+    assert kept.size == (full.width, 2 + 2 * 34) and full.height == 2 + 4 * 34  # prompts 0-3 of 8
+    assert np.array_equal(np.asarray(kept), np.asarray(full)[: kept.height])
