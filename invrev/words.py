@@ -22,11 +22,10 @@ from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 
-from invrev.tokenizer import bytes_to_unicode
+from invrev.tokenizer import BOS, EOS, bytes_to_unicode
 
 KINDS = ("prepositions", "verbs", "stopwords")
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MODEL_MAX_LENGTH = 77
 # Lines 1..48894 of the unzipped file: 49408 tokens = 2*256 byte tokens + merges + 2 specials.
 N_MERGES = 49408 - 2 * 256 - 2
