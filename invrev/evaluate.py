@@ -28,9 +28,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def components_for_inference(model: str):
+def components_for_inference(model: str, revision: str = "main"):
     """The model's components, on the GPU when there is one."""
-    components = load_components(model)
+    components = load_components(model, revision)
     return components.to("cuda") if torch.cuda.is_available() else components
 
 
