@@ -13,8 +13,8 @@ data) before anything runs, then executes ``notebooks/10_run.ipynb`` once per ru
 config and whose evaluation matches the parameters is skipped; a failing run leaves ``failed.json``
 and the batch goes on, then names the failures and the CLI exits non-zero. ``joint=K`` first trains
 K runs at a time in one process with :func:`invrev.trainer.train_many` (one shared model, K sets of
-vectors); the notebooks then find them trained and only evaluate. :func:`collect` copies the compact
-record of every run into ``results/latest`` and executes the results notebook there.
+vectors); the notebooks then find them trained and only evaluate. :func:`invrev.record.collect`
+copies the compact record of every run into ``results/latest`` and executes the results notebook there.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import difflib
 import json
 import multiprocessing
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,11 +37,7 @@ from invrev.config import ConfigError, TrainConfig, VARIANTS, make_config, parse
 from invrev.models import REPO_ROOT
 
 RUN_NOTEBOOK = "notebooks/10_run.ipynb"
-RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
 PER_RUN = ("relation", "variant", "seed", "runs_root")  # set by the batch for each run, never by experiments
-RECORD_GRID_PROMPTS = 4  # the record keeps the grid rows of a run's first prompts (the book's side-by-side figures)
-RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png",
-          "learned/r.safetensors", "learned/inv.safetensors")  # the learned tokens: the explorer and rating work on a clone
 EXPERIMENT_KEYS = ("relations", "variants", "seeds", "params")
 KERNEL = "python3"
 # Tiny parameters per notebook: what `invrev notebooks` (make notebooks) and the smoke tests run.
@@ -409,93 +404,7 @@ def _init_worker(queue, workers: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-# Reading and collecting the record ----------------------------------------------------------------
-
-def load_runs(root: str | Path) -> list[dict]:
-    """Every run folder under ``root`` that has an evaluation, in the paper's order.
-
-    Each item: relation, variant, seed, folder, config, manifest, batch (how the batch ran it, or
-    {}), summary and images (from ``eval/metrics.json``), grid and log (paths, or None).
-    """
-    from invrev.world.scene import RELATIONS
-
-    found = []
-    for metrics in sorted(Path(root).glob("*/*/seed*/eval/metrics.json")):
-        folder = metrics.parent.parent
-        data = json.loads(metrics.read_text())
-        read = lambda name: json.loads((folder / name).read_text()) if (folder / name).is_file() else {}  # noqa: E731
-        found.append({
-            "relation": folder.parent.parent.name, "variant": folder.parent.name, "seed": int(folder.name[4:]),
-            "folder": folder, "config": read("config.json"), "manifest": read("manifest.json"), "batch": read("batch.json"),
-            "summary": data["summary"], "images": data["images"],
-            "grid": folder / "eval" / "grid.png" if (folder / "eval" / "grid.png").is_file() else None,
-            "log": folder / "log.csv" if (folder / "log.csv").is_file() else None,
-        })
-    order = {name: i for i, name in enumerate([*RELATIONS, *VARIANTS])}
-    return sorted(found, key=lambda r: (order.get(r["relation"], 99), order.get(r["variant"], 99), r["seed"]))
-
-
-def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, execute: bool = True,
-            results_notebook: str | Path = RESULTS_NOTEBOOK) -> Path:
-    """Copy every evaluated run's compact record (and any ``ratings.csv``) from ``runs_root`` into
-    ``dest``, replacing what an earlier collect left there (a grid keeps the rows of its first
-    ``RECORD_GRID_PROMPTS`` prompts, which the book shows); then, with ``execute``, run the results
-    notebook on it into ``dest/20_results.ipynb`` and keep one executed run notebook as
-    ``dest/10_run.ipynb``: what the book shows on a fresh clone."""
-    src, dest = Path(runs_root), Path(dest)
-    found = load_runs(src)
-    if not found:
-        raise BatchError(f"no evaluated runs under {src} (expected <relation>/<variant>/seed<k>/eval/metrics.json)")
-    if dest.exists() and any(dest.iterdir()) and not (dest / "collected.json").is_file():
-        raise BatchError(f"{dest} exists and was not written by collect; choose an empty or new folder")
-    for ratings in sorted(dest.rglob("ratings.csv")) if dest.is_dir() else []:  # made there by a person: keep
-        kept = src / ratings.relative_to(dest)
-        if not kept.exists():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ratings, kept)
-            print(f"kept {ratings} (not in {src}) as {kept}", flush=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    for run in found:
-        out = dest / run["folder"].relative_to(src)
-        for name in RECORD:
-            if (run["folder"] / name).is_file():
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                if name == "eval/grid.png":
-                    _record_grid(run, out / name)
-                else:
-                    shutil.copy2(run["folder"] / name, out / name)
-    for ratings in sorted(src.rglob("ratings.csv")):
-        (dest / ratings.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ratings, dest / ratings.relative_to(src))
-    examples = [r["folder"] / "run.ipynb" for r in found if (r["folder"] / "run.ipynb").is_file()]
-    examples.sort(key=lambda p: p.parent.parent.name != "inv_reversion")
-    if examples:
-        shutil.copy2(examples[0], dest / "10_run.ipynb")
-    runs.atomic_write_json(dest / "collected.json", {
-        "source": str(src.resolve()), "collected": _now(), "git": runs.git_state(),
-        "example_run": str(examples[0].parent.relative_to(src)) if examples else None,
-        "runs": [str(r["folder"].relative_to(src)) for r in found]})
-    if execute:
-        import papermill
-
-        shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
-        papermill.execute_notebook(str(_repo_path(results_notebook)), str(dest / "20_results.ipynb"),
-                                   parameters={"runs_root": str(shown)}, kernel_name=KERNEL, cwd=str(REPO_ROOT),
-                                   progress_bar=False)
-    return dest
-
-
-def _record_grid(run: dict, dest: Path, prompts: int = RECORD_GRID_PROMPTS, pad: int = 2) -> None:
-    """The rows of a run's ``eval/grid.png`` (``invrev.generate.grid`` layout: two prompts' samples a row)
-    that hold its first ``prompts`` prompts: what the book shows, at a fraction of the bytes."""
-    from PIL import Image
-
-    images = run["images"]
-    samples = next((i for i, image in enumerate(images) if image["prompt"] != images[0]["prompt"]), len(images))
-    grid = Image.open(run["grid"])
-    size = (grid.width - pad) // (2 * samples) - pad
-    grid.crop((0, 0, grid.width, min(grid.height, pad + -(-prompts // 2) * (size + pad)))).save(dest)
-
+# Smoke run of every notebook ---------------------------------------------------------------------
 
 def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = None) -> list[Path]:
     """Execute every notebook of ``notebooks/`` with :data:`TINY` parameters into ``out`` (the run,
@@ -546,6 +455,8 @@ def add_batch_commands(subparsers) -> None:
     p = subparsers.add_parser("collect", help="copy the compact record of every run into results/latest for the book")
     p.add_argument("--runs", default="runs", help="runs root (default: runs)")
     p.add_argument("--dest", default="results/latest", help="where the record goes (default: results/latest)")
+    p.add_argument("--replace", action="store_true",
+                   help="start the record afresh from --runs (default: keep the record's runs that --runs lacks)")
     p.add_argument("--no-execute", action="store_true", help="copy only; do not execute the results notebook")
     p.set_defaults(func=_collect_command)
 
@@ -563,8 +474,10 @@ def _batch_command(args: argparse.Namespace) -> int:
 
 
 def _collect_command(args: argparse.Namespace) -> int:
-    dest = collect(args.runs, args.dest, execute=not args.no_execute)
-    print(f"compact record of {len(load_runs(dest))} runs written to {dest}")
+    from invrev import record
+
+    dest = record.collect(args.runs, args.dest, replace=args.replace, execute=not args.no_execute)
+    print(f"compact record of {len(record.load_runs(dest))} runs written to {dest}")
     return 0
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from invrev import batch, generate, ratings, runs
+from invrev import batch, generate, ratings, record, runs
 from invrev.config import VARIANTS, make_config
 from invrev.models import REPO_ROOT, WORLD_MODEL
 
@@ -212,9 +212,9 @@ def _fake_runs(root, relations=("on", "inside"), seeds=(0, 1), prompts=4, sample
 
 def test_collect_and_the_results_notebook(tmp_path):
     source = _fake_runs(tmp_path / "runs")
-    dest = batch.collect(source, tmp_path / "latest")
-    record = runs.run_dir(dest, "on", "inv_reversion", 1)
-    assert {p.name for p in record.rglob("*") if p.is_file()} == {"config.json", "manifest.json", "done.json", "log.csv",
+    dest = record.collect(source, tmp_path / "latest")
+    one = runs.run_dir(dest, "on", "inv_reversion", 1)
+    assert {p.name for p in one.rglob("*") if p.is_file()} == {"config.json", "manifest.json", "done.json", "log.csv",
                                                                   "metrics.json", "grid.png", "r.safetensors"}
     assert (dest / "ratings.csv").is_file() and json.loads((dest / "collected.json").read_text())["runs"]
     text = _text(nbformat.read(dest / "20_results.ipynb", as_version=4))
@@ -224,20 +224,59 @@ def test_collect_and_the_results_notebook(tmp_path):
     mine = dest / "study" / "ratings.csv"
     ratings.append_ratings(mine, ratings.rows_for("bo", ratings.sample_rating_set("on", random.Random(1)), "entity",
                                                   {v: i + 1 for i, v in enumerate(("sd", "textual_inversion", "reversion", "inv_reversion"))}))
-    batch.collect(source, dest, execute=False)
+    record.collect(source, dest, execute=False)
     assert (source / "study" / "ratings.csv").read_text() == mine.read_text() and mine.is_file()
     # a folder that collect did not write is never replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(batch.BatchError, match="not written by collect"):
-        batch.collect(source, tmp_path / "mine", execute=False)
+        record.collect(source, tmp_path / "mine", execute=False)
+
+
+def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
+    """A fresh clone has the record but no runs/: collecting one new seed must add to the record,
+    not shrink it; runs on another model are refused, and --replace starts afresh."""
+    dest = record.collect(_fake_runs(tmp_path / "old", seeds=(0, 1)), tmp_path / "latest", execute=False)
+    (dest / "ratings.csv").write_text((dest / "ratings.csv").read_text() + "a row someone added in the record\n")
+    new = _fake_runs(tmp_path / "new", seeds=(1, 2))  # seed 1 rerun, seed 2 new
+    for metrics in new.glob("*/*/seed1/eval/metrics.json"):
+        data = json.loads(metrics.read_text())
+        data["summary"]["entity_accuracy"] = 0.75
+        metrics.write_text(json.dumps(data))
+    record.collect(new, dest, execute=False)
+    found = record.load_runs(dest)
+    assert sorted({r["seed"] for r in found}) == [0, 1, 2] and len(found) == 2 * 7 * 3
+    assert {r["summary"]["entity_accuracy"] for r in found if r["seed"] == 1} == {0.75}  # the source's rerun wins
+    collected = json.loads((dest / "collected.json").read_text())
+    assert len(collected["kept_from_earlier"]) == 14 and all(name.endswith("seed0") for name in collected["kept_from_earlier"])
+    assert "a row someone added in the record" in (new / "ratings.csv").read_text()  # carried into the source
+    assert "a row someone added in the record" in (dest / "ratings.csv").read_text()
+    assert "kept 14 runs of the earlier record" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".latest.*"))  # built beside and swapped in
+    # another model: nothing is written, and the error names a kept run and the fix
+    other = _fake_runs(tmp_path / "other", relations=("on",), seeds=(5,))
+    for metrics in other.glob("*/*/seed5/eval/metrics.json"):
+        data = json.loads(metrics.read_text())
+        data["summary"]["model_fingerprint"] = "sha256:another"
+        metrics.write_text(json.dumps(data))
+    for metrics in dest.glob("*/*/seed*/eval/metrics.json"):
+        data = json.loads(metrics.read_text())
+        data["summary"]["model_fingerprint"] = "sha256:first"
+        metrics.write_text(json.dumps(data))
+    before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
+    with pytest.raises(batch.BatchError, match=r"evaluated on model sha256:first.*--replace"):
+        record.collect(other, dest, execute=False)
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == before
+    record.collect(other, dest, replace=True, execute=False)
+    assert {(r["relation"], r["seed"]) for r in record.load_runs(dest)} == {("on", 5)}
+    assert "a row someone added in the record" in (dest / "ratings.csv").read_text()  # ratings survive --replace
 
 
 def test_the_record_keeps_the_grid_rows_the_book_shows(tmp_path):
     tiles = [np.full((32, 32, 3), 10 * i, dtype=np.uint8) for i in range(16)]  # 8 prompts x 2 samples
     generate.grid(tiles, 4).save(tmp_path / "grid.png")
     images = [{"prompt": f"prompt {i}"} for i in range(8) for _ in range(2)]
-    batch._record_grid({"images": images, "grid": tmp_path / "grid.png"}, tmp_path / "kept.png")
+    record._record_grid({"images": images, "grid": tmp_path / "grid.png"}, tmp_path / "kept.png")
     from PIL import Image
 
     full, kept = Image.open(tmp_path / "grid.png"), Image.open(tmp_path / "kept.png")

@@ -1,0 +1,172 @@
+"""The compact record of a batch: read evaluated runs, and collect them into ``results/latest``.
+
+:func:`load_runs` reads every evaluated run folder under a root (a runs root or a record) in the
+paper's order; the results notebook and the book read the record through it. :func:`collect` copies
+each run's small files into the record, merging with what an earlier collect left there: runs the
+source also holds are replaced, runs it lacks are kept, so collecting a partial ``runs/`` (say, one
+new seed on a fresh clone) adds to the record instead of shrinking it. Runs evaluated on a different
+model are not mixed in; ``replace=True`` starts the record afresh. A person's ``ratings.csv`` is never
+dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from invrev import runs
+from invrev.batch import KERNEL, BatchError, _now, _repo_path
+from invrev.config import VARIANTS
+from invrev.models import REPO_ROOT
+
+RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
+RECORD_GRID_PROMPTS = 4  # the record keeps the grid rows of a run's first prompts (the book's side-by-side figures)
+RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png",
+          "learned/r.safetensors", "learned/inv.safetensors")  # the learned tokens: the explorer and rating work on a clone
+
+
+def load_runs(root: str | Path) -> list[dict]:
+    """Every run folder under ``root`` that has an evaluation, in the paper's order.
+
+    Each item: relation, variant, seed, folder, config, manifest, batch (how the batch ran it, or
+    {}), summary and images (from ``eval/metrics.json``), grid and log (paths, or None).
+    """
+    from invrev.world.scene import RELATIONS
+
+    found = []
+    for metrics in sorted(Path(root).glob("*/*/seed*/eval/metrics.json")):
+        folder = metrics.parent.parent
+        data = json.loads(metrics.read_text())
+        read = lambda name: json.loads((folder / name).read_text()) if (folder / name).is_file() else {}  # noqa: E731
+        found.append({
+            "relation": folder.parent.parent.name, "variant": folder.parent.name, "seed": int(folder.name[4:]),
+            "folder": folder, "config": read("config.json"), "manifest": read("manifest.json"), "batch": read("batch.json"),
+            "summary": data["summary"], "images": data["images"],
+            "grid": folder / "eval" / "grid.png" if (folder / "eval" / "grid.png").is_file() else None,
+            "log": folder / "log.csv" if (folder / "log.csv").is_file() else None,
+        })
+    order = {name: i for i, name in enumerate([*RELATIONS, *VARIANTS])}
+    return sorted(found, key=lambda r: (order.get(r["relation"], 99), order.get(r["variant"], 99), r["seed"]))
+
+
+def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, replace: bool = False,
+            execute: bool = True, results_notebook: str | Path = RESULTS_NOTEBOOK) -> Path:
+    """Copy every evaluated run's compact record (and any ``ratings.csv``) from ``runs_root`` into
+    ``dest`` (a grid keeps the rows of its first ``RECORD_GRID_PROMPTS`` prompts, which the book
+    shows); then, with ``execute``, run the results notebook on it into ``dest/20_results.ipynb`` and
+    keep one executed run notebook as ``dest/10_run.ipynb``: what the book shows on a fresh clone.
+
+    Runs already in ``dest`` that ``runs_root`` lacks are kept unless ``replace``; if they were
+    evaluated on another model than the new ones, nothing is written and the error says so. The
+    new record is built beside ``dest`` and swapped in, so an interrupted collect leaves the old one.
+    """
+    src, dest = Path(runs_root), Path(dest)
+    found = load_runs(src)
+    if not found:
+        raise BatchError(f"no evaluated runs under {src} (expected <relation>/<variant>/seed<k>/eval/metrics.json)")
+    earlier = dest.is_dir() and any(dest.iterdir())
+    if earlier and not (dest / "collected.json").is_file():
+        raise BatchError(f"{dest} exists and was not written by collect; choose an empty or new folder")
+    names = {_name(run, src) for run in found}
+    kept = [run for run in load_runs(dest) if _name(run, dest) not in names] if earlier and not replace else []
+    _check_one_model(found, kept, src, dest)
+
+    staging = dest.with_name(f".{dest.name}.collecting")
+    shutil.rmtree(staging, ignore_errors=True)
+    for run in found:
+        _copy_record(run, staging / _name(run, src))
+    for run in kept:
+        shutil.copytree(run["folder"], staging / _name(run, dest))
+    if kept:
+        print(f"kept {len(kept)} runs of the earlier record that {src} does not hold (collect --replace drops them)", flush=True)
+    for ratings in sorted(dest.rglob("ratings.csv")) if earlier else []:  # made there by a person: keep, in both
+        _keep_ratings(ratings, src / ratings.relative_to(dest))
+    for ratings in sorted(src.rglob("ratings.csv")):
+        (staging / ratings.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ratings, staging / ratings.relative_to(src))
+    examples = [r["folder"] / "run.ipynb" for r in found if (r["folder"] / "run.ipynb").is_file()]
+    examples.sort(key=lambda p: p.parent.parent.name != "inv_reversion")
+    before = json.loads((dest / "collected.json").read_text()) if earlier else {}
+    if examples:
+        shutil.copy2(examples[0], staging / "10_run.ipynb")
+    elif (dest / "10_run.ipynb").is_file():
+        shutil.copy2(dest / "10_run.ipynb", staging / "10_run.ipynb")
+    example = str(examples[0].parent.relative_to(src)) if examples else before.get("example_run")
+    merged = load_runs(staging)
+    runs.atomic_write_json(staging / "collected.json", {
+        "source": str(src.resolve()), "collected": _now(), "git": runs.git_state(), "example_run": example,
+        "new": sorted(names), "kept_from_earlier": sorted(_name(run, dest) for run in kept),
+        "runs": [_name(run, staging) for run in merged]})
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+        staging.rename(dest)
+        shutil.rmtree(old)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)
+    if execute:
+        import papermill
+
+        shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
+        papermill.execute_notebook(str(_repo_path(results_notebook)), str(dest / "20_results.ipynb"),
+                                   parameters={"runs_root": str(shown)}, kernel_name=KERNEL, cwd=str(REPO_ROOT),
+                                   progress_bar=False)
+    return dest
+
+
+def _name(run: dict, root: Path) -> str:
+    return run["folder"].relative_to(root).as_posix()
+
+
+def _check_one_model(found: list[dict], kept: list[dict], src: Path, dest: Path) -> None:
+    """Refuse to merge runs evaluated on different models (by ``model_fingerprint``, where recorded)."""
+    new = {run["summary"].get("model_fingerprint") for run in found} - {None}
+    for run in kept:
+        old = run["summary"].get("model_fingerprint")
+        if old is not None and new and old not in new:
+            raise BatchError(
+                f"{dest / _name(run, dest)} was evaluated on model {old}, the runs in {src} on {', '.join(sorted(new))}: "
+                f"one record must not mix models. Collect with --replace to start {dest} afresh from {src} "
+                f"(ratings.csv files are kept), or collect into another --dest")
+
+
+def _keep_ratings(record: Path, source: Path) -> None:
+    """Carry the rows of a ``ratings.csv`` in the record that the source's copy lacks into the source."""
+    rows = record.read_text().splitlines(keepends=True)
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, source)
+        print(f"kept {record} (not in {source.parent}) as {source}", flush=True)
+        return
+    have = source.read_text()
+    lines = set(have.splitlines(keepends=True))
+    missing = [row for row in rows[1:] if row not in lines]
+    if missing:
+        with source.open("a") as handle:
+            handle.write(("" if have.endswith("\n") else "\n") + "".join(missing))
+        print(f"kept {len(missing)} rows of {record} that {source} lacked (added to it)", flush=True)
+
+
+def _copy_record(run: dict, out: Path) -> None:
+    for name in RECORD:
+        if (run["folder"] / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            if name == "eval/grid.png":
+                _record_grid(run, out / name)
+            else:
+                shutil.copy2(run["folder"] / name, out / name)
+
+
+def _record_grid(run: dict, dest: Path, prompts: int = RECORD_GRID_PROMPTS, pad: int = 2) -> None:
+    """The rows of a run's ``eval/grid.png`` (``invrev.generate.grid`` layout: two prompts' samples a row)
+    that hold its first ``prompts`` prompts: what the book shows, at a fraction of the bytes."""
+    from PIL import Image
+
+    images = run["images"]
+    samples = next((i for i, image in enumerate(images) if image["prompt"] != images[0]["prompt"]), len(images))
+    grid = Image.open(run["grid"])
+    size = (grid.width - pad) // (2 * samples) - pad
+    grid.crop((0, 0, grid.width, min(grid.height, pad + -(-prompts // 2) * (size + pad)))).save(dest)
