@@ -23,6 +23,7 @@ import argparse
 import ast
 import concurrent.futures
 import difflib
+import functools
 import json
 import multiprocessing
 import os
@@ -319,14 +320,11 @@ def _train_group(config_jsons: list[str], folders: list[str]) -> tuple[str | Non
 
 def _run_notebook(notebook: str, job: Job) -> tuple[str | None, float, str]:
     """Execute the run notebook for one job; record ``batch.json`` or ``failed.json`` in its folder."""
-    import papermill
-
     job.folder.mkdir(parents=True, exist_ok=True)
     failed = job.folder / "failed.json"
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(notebook, str(job.folder / "run.ipynb"), parameters=job.params, kernel_name=KERNEL,
-                                   cwd=str(REPO_ROOT), progress_bar=False)
+        execute(notebook, job.folder / "run.ipynb", job.params)
     except Exception as err:  # a batch keeps going past a failed run
         seconds = time.perf_counter() - start
         error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
@@ -340,6 +338,29 @@ def _run_notebook(notebook: str, job: Job) -> tuple[str | None, float, str]:
         "parameters": job.params, "command": job.command, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": _now()})
     s = json.loads((job.folder / "eval" / "metrics.json").read_text())["summary"]
     return None, seconds, f"entity {s['entity_accuracy']:.2f}, relation {s['relation_accuracy']:.2f}"
+
+
+def execute(notebook: str | Path, out: str | Path, parameters: Mapping[str, Any]) -> None:
+    """Execute ``notebook`` into ``out`` with papermill on the ``python3`` kernel, from the repository root.
+
+    The kernel talks over IPC (Unix sockets) rather than TCP where the system has them: local only,
+    and without ipykernel's "running over TCP without encryption" warning between the progress lines.
+    """
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(out), parameters=dict(parameters), kernel_name=KERNEL,
+                               cwd=str(REPO_ROOT), progress_bar=False, kernel_manager_class=_kernel_manager())
+
+
+@functools.cache
+def _kernel_manager() -> type:
+    from jupyter_client import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class LocalKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp" if os.name == "nt" else "ipc", config=True)
+
+    return LocalKernelManager
 
 
 def _now() -> str:
@@ -409,8 +430,6 @@ def _init_worker(queue, workers: int) -> None:
 def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = None) -> list[Path]:
     """Execute every notebook of ``notebooks/`` with :data:`TINY` parameters into ``out`` (the run,
     results and explorer notebooks share ``out/runs``); raises on the first failing notebook."""
-    import papermill
-
     out = Path(out).resolve()
     done = []
     for name, tiny in TINY.items():
@@ -420,8 +439,7 @@ def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = Non
                   **({"runs_root": str(out / "runs")} if "runs_root" in known else {}),
                   **({"ratings_csv": str(out / "runs" / "ratings.csv")} if "ratings_csv" in known else {})}
         start = time.perf_counter()
-        papermill.execute_notebook(str(source), str(out / name), parameters=params, kernel_name=KERNEL,
-                                   cwd=str(REPO_ROOT), progress_bar=False)
+        execute(source, out / name, params)
         print(f"{name}: executed in {time.perf_counter() - start:.1f} s -> {out / name}", flush=True)
         done.append(out / name)
     return done

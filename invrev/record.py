@@ -15,8 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from invrev import runs
-from invrev.batch import KERNEL, BatchError, _now, _repo_path
+from invrev import batch, runs
+from invrev.batch import BatchError, _now, _repo_path
 from invrev.config import VARIANTS
 from invrev.models import REPO_ROOT
 
@@ -108,12 +108,8 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(dest)
     if execute:
-        import papermill
-
         shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
-        papermill.execute_notebook(str(_repo_path(results_notebook)), str(dest / "20_results.ipynb"),
-                                   parameters={"runs_root": str(shown)}, kernel_name=KERNEL, cwd=str(REPO_ROOT),
-                                   progress_bar=False)
+        batch.execute(_repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": str(shown)})
     return dest
 
 

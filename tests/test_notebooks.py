@@ -69,6 +69,17 @@ def executed(tmp_path_factory, world_model):
     return out
 
 
+def test_notebooks_run_on_a_local_kernel_without_tcp_warnings(tmp_path, capfd):
+    """The batch's kernels talk over IPC sockets: no "TCP without encryption" line per run in the log."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                                               nbformat.v4.new_code_cell("print(x + 1)")],
+                                         metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    batch.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {"x": 41})
+    assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err
+
+
 def test_component_notebooks(executed):
     text = _read(executed / "01_high_frequency_suppressor.ipynb")
     assert "max |dense 2-D convolution - gaussian_lowpass|" in text and "of the texture band's power" in text
