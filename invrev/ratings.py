@@ -107,8 +107,13 @@ def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: in
             for v in rating_set.variants]
 
 
-def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[str, int]) -> list[dict]:
-    """The CSV rows of one person's ranking of one set; ranks must be a permutation of 1..n."""
+def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[str, int], ties: bool = False) -> list[dict]:
+    """The CSV rows of one person's ranking of one set: ranks 1..n, n = best, each once.
+
+    With ``ties``, images the person cannot tell apart may share a rank: the ranks then only order
+    the images, and tied ones get the mean of the places they span (1, 3, 3, 4 is stored as 1, 2.5,
+    2.5, 4), so every set still averages (n + 1) / 2 and sets stay comparable.
+    """
     rater = rater.strip()
     if not rater or "," in rater:
         raise RatingError(f"rater {rater!r}: give a name or initials without commas")
@@ -117,10 +122,18 @@ def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[s
     if set(ranks) != set(rating_set.variants):
         raise RatingError(f"rank every shown variant exactly once: got {sorted(ranks)}, shown {sorted(rating_set.variants)}")
     n = len(rating_set.variants)
-    if sorted(ranks.values()) != list(range(1, n + 1)):
-        raise RatingError(f"ranks must be 1..{n}, each once ({n} = best); got {sorted(ranks.values())}")
+    if ties and not all(isinstance(r, int) and 1 <= r <= n for r in ranks.values()):
+        raise RatingError(f"ranks must be whole numbers 1..{n} ({n} = best); got {sorted(ranks.values())}")
+    if not ties and sorted(ranks.values()) != list(range(1, n + 1)):
+        raise RatingError(f"ranks must be 1..{n}, each once ({n} = best); got {sorted(ranks.values())}. "
+                          f"If some images are equally good, allow ties (ties=True; the widget's 'ties' box)")
+    places = rank(ranks) if ties else ranks
     return [{"rater": rater, "relation": rating_set.relation, "prompt": rating_set.prompt, "seed": rating_set.seed,
-             "variant": v, "criterion": criterion, "rank": int(ranks[v])} for v in rating_set.variants]
+             "variant": v, "criterion": criterion, "rank": _number(places[v])} for v in rating_set.variants]
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def append_ratings(path: str | Path, rows: Iterable[Mapping]) -> Path:

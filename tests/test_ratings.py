@@ -43,11 +43,26 @@ def test_a_person_rates_two_sets_and_the_average_user_rank_is_their_mean(tmp_pat
     assert aur == {c: {"inside": expected} for c in ratings.CRITERIA}
 
 
+def test_tied_images_share_the_mean_of_their_places(tmp_path):
+    rating_set = ratings.sample_rating_set("on", random.Random(1), TABLE1)
+    first, second, third, fourth = rating_set.variants
+    given = {first: 4, second: 3, third: 3, fourth: 1}  # the person cannot tell the middle two apart
+    rows = ratings.rows_for("ada", rating_set, "relation", given, ties=True)
+    assert {r["variant"]: r["rank"] for r in rows} == {first: 4, second: 2.5, third: 2.5, fourth: 1}
+    assert ratings.rows_for("ada", rating_set, "relation", {v: 1 for v in given}, ties=True)[0]["rank"] == 2.5  # all alike
+    path = ratings.append_ratings(tmp_path / "ratings.csv", rows)
+    assert ",2.5\n" in path.read_text() and ",4\n" in path.read_text()
+    aur = ratings.average_user_rank(ratings.read_ratings(path))["relation"]["on"]
+    assert aur[second] == aur[third] == 2.5 and sum(aur.values()) == 10  # a set still averages (n + 1) / 2
+
+
 def test_bad_rankings_are_refused(tmp_path):
     rating_set = ratings.sample_rating_set("on", random.Random(1), TABLE1)
     good = {v: i + 1 for i, v in enumerate(rating_set.variants)}
-    with pytest.raises(ratings.RatingError, match="1..4"):
+    with pytest.raises(ratings.RatingError, match="1..4, each once.*ties=True"):
         ratings.rows_for("ada", rating_set, "entity", {**good, rating_set.variants[0]: 2})
+    with pytest.raises(ratings.RatingError, match="whole numbers 1..4"):
+        ratings.rows_for("ada", rating_set, "entity", {**good, rating_set.variants[0]: 5}, ties=True)
     with pytest.raises(ratings.RatingError, match="exactly once"):
         ratings.rows_for("ada", rating_set, "entity", {v: good[v] for v in rating_set.variants[:3]})
     with pytest.raises(ratings.RatingError, match="criterion"):
