@@ -85,14 +85,12 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
     for ratings in sorted(src.rglob("ratings.csv")):
         (staging / ratings.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ratings, staging / ratings.relative_to(src))
-    examples = [r["folder"] / "run.ipynb" for r in found if (r["folder"] / "run.ipynb").is_file()]
-    examples.sort(key=lambda p: p.parent.parent.name != "inv_reversion")
     before = json.loads((dest / "collected.json").read_text()) if earlier else {}
-    if examples:
-        shutil.copy2(examples[0], staging / "10_run.ipynb")
-    elif (dest / "10_run.ipynb").is_file():
-        shutil.copy2(dest / "10_run.ipynb", staging / "10_run.ipynb")
-    example = str(examples[0].parent.relative_to(src)) if examples else before.get("example_run")
+    example = _example_run(found, src, staging, dest, before.get("example_run"), kept)
+    if not execute and (dest / "20_results.ipynb").is_file():
+        shutil.copy2(dest / "20_results.ipynb", staging / "20_results.ipynb")
+        print(f"{dest / '20_results.ipynb'} still shows the earlier record: collect without --no-execute refreshes it",
+              flush=True)
     merged = load_runs(staging)
     runs.atomic_write_json(staging / "collected.json", {
         "source": str(src.resolve()), "collected": _now(), "git": runs.git_state(), "example_run": example,
@@ -111,6 +109,24 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
         batch.execute(_repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": str(shown)})
     return dest
+
+
+def _example_run(found: list[dict], src: Path, staging: Path, dest: Path, earlier: str | None,
+                 kept: list[dict]) -> str | None:
+    """Copy the executed run notebook the book shows into ``staging/10_run.ipynb``; returns its run.
+
+    An Inv-ReVersion run of the source first; else the earlier example, if its run is kept as it was;
+    else any run of the source that has its notebook."""
+    examples = [r for r in found if (r["folder"] / "run.ipynb").is_file()]
+    examples.sort(key=lambda r: r["variant"] != "inv_reversion")
+    keep_earlier = (dest / "10_run.ipynb").is_file() and earlier in {_name(run, dest) for run in kept}
+    if examples and (examples[0]["variant"] == "inv_reversion" or not keep_earlier):
+        shutil.copy2(examples[0]["folder"] / "run.ipynb", staging / "10_run.ipynb")
+        return _name(examples[0], src)
+    if keep_earlier:
+        shutil.copy2(dest / "10_run.ipynb", staging / "10_run.ipynb")
+        return earlier
+    return None
 
 
 def _name(run: dict, root: Path) -> str:

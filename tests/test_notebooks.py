@@ -247,9 +247,13 @@ def test_collect_and_the_results_notebook(tmp_path):
 def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     """A fresh clone has the record but no runs/: collecting one new seed must add to the record,
     not shrink it; runs on another model are refused, and --replace starts afresh."""
-    dest = record.collect(_fake_runs(tmp_path / "old", seeds=(0, 1)), tmp_path / "latest", execute=False)
+    old = _fake_runs(tmp_path / "old", seeds=(0, 1))
+    (runs.run_dir(old, "on", "inv_reversion", 0) / "run.ipynb").write_text("the example the book shows")
+    dest = record.collect(old, tmp_path / "latest", execute=False)
     (dest / "ratings.csv").write_text((dest / "ratings.csv").read_text() + "a row someone added in the record\n")
+    (dest / "20_results.ipynb").write_text("results as executed earlier")
     new = _fake_runs(tmp_path / "new", seeds=(1, 2))  # seed 1 rerun, seed 2 new
+    (runs.run_dir(new, "on", "no_hf", 2) / "run.ipynb").write_text("an ablation's notebook")
     for metrics in new.glob("*/*/seed1/eval/metrics.json"):
         data = json.loads(metrics.read_text())
         data["summary"]["entity_accuracy"] = 0.75
@@ -263,6 +267,9 @@ def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     assert "a row someone added in the record" in (new / "ratings.csv").read_text()  # carried into the source
     assert "a row someone added in the record" in (dest / "ratings.csv").read_text()
     assert "kept 14 runs of the earlier record" in capsys.readouterr().out
+    # the book's example stays the earlier Inv-ReVersion run; the un-refreshed results notebook is kept, not lost
+    assert (dest / "10_run.ipynb").read_text() == "the example the book shows" and collected["example_run"] == "on/inv_reversion/seed0"
+    assert (dest / "20_results.ipynb").read_text() == "results as executed earlier"
     assert not list(tmp_path.glob(".latest.*"))  # built beside and swapped in
     # another model: nothing is written, and the error names a kept run and the fix
     other = _fake_runs(tmp_path / "other", relations=("on",), seeds=(5,))
