@@ -290,6 +290,27 @@ def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     assert "a row someone added in the record" in (dest / "ratings.csv").read_text()  # ratings survive --replace
 
 
+def test_an_interrupted_collect_leaves_the_earlier_record(tmp_path, monkeypatch):
+    dest = record.collect(_fake_runs(tmp_path / "old", relations=("on",)), tmp_path / "latest", execute=False)
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    copied = []
+
+    def copy_then_stop(run, out):  # Ctrl-C in the middle of copying the new runs
+        if len(copied) == 3:
+            raise KeyboardInterrupt
+        copied.append(out)
+        real_copy(run, out)
+
+    real_copy = record._copy_record
+    monkeypatch.setattr(record, "_copy_record", copy_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        record.collect(_fake_runs(tmp_path / "new", relations=("on",), seeds=(0, 1, 2)), dest, execute=False)
+    assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    record.collect(tmp_path / "new", dest, execute=False)  # the next collect cleans up and completes
+    assert len(record.load_runs(dest)) == 21 and not list(tmp_path.glob(".latest.*"))
+
+
 def test_the_record_keeps_the_grid_rows_the_book_shows(tmp_path):
     tiles = [np.full((32, 32, 3), 10 * i, dtype=np.uint8) for i in range(16)]  # 8 prompts x 2 samples
     generate.grid(tiles, 4).save(tmp_path / "grid.png")
