@@ -102,7 +102,7 @@ def load_experiment(source: str | Path | Mapping) -> Experiment:
     if isinstance(source, Mapping):
         data = dict(source)
     else:
-        path = _repo_path(source)
+        path = repo_path(source)
         if not path.is_file():
             raise BatchError(f"experiment file {source} not found (see experiments/*.yaml)")
         data = yaml.safe_load(path.read_text()) or {}
@@ -146,7 +146,7 @@ def notebook_parameters(notebook: str | Path = RUN_NOTEBOOK) -> dict[str, Any]:
     """The parameters cell of ``notebook`` as {name: default value}: the defaults' only source."""
     import papermill
 
-    found = papermill.inspect_notebook(str(_repo_path(notebook)))
+    found = papermill.inspect_notebook(str(repo_path(notebook)))
     if not found:
         raise BatchError(f"{notebook} has no cell tagged 'parameters'")
     return {name: ast.literal_eval(p["default"]) for name, p in found.items()}
@@ -201,7 +201,7 @@ def plan(experiment: Experiment, runs_root: str | Path, notebook: str | Path = R
         raise BatchError(str(err)) from err
     jobs = []
     for relation in chosen["relation"]:
-        if not (_repo_path(params["data_root"]) / relation / "text.json").is_file():
+        if not (repo_path(params["data_root"]) / relation / "text.json").is_file():
             raise BatchError(f"no exemplars at {params['data_root']}/{relation} (text.json missing)")
         for variant in chosen["variant"]:
             for seed in chosen["seed"]:
@@ -272,7 +272,7 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
         for job in todo:
             print(f"would run {job.name} -> {job.folder}", flush=True)
         return result
-    path = str(_repo_path(notebook))
+    path = str(repo_path(notebook))
     with _Pool(workers) as pool:
         if joint > 0:
             _train_jointly(pool, todo, joint)
@@ -329,13 +329,13 @@ def _run_notebook(notebook: str, job: Job) -> tuple[str | None, float, str]:
         seconds = time.perf_counter() - start
         error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
         runs.atomic_write_json(failed, {"error": error, "seconds": round(seconds, 2), "notebook": "run.ipynb",
-                                        "traceback": traceback.format_exc(), "finished": _now()})
+                                        "traceback": traceback.format_exc(), "finished": runs.timestamp()})
         return error, seconds, ""
     seconds = time.perf_counter() - start
     failed.unlink(missing_ok=True)
     runs.atomic_write_json(job.folder / "batch.json", {
         "seconds": round(seconds, 2), "notebook": str(Path(notebook).relative_to(REPO_ROOT)) if Path(notebook).is_relative_to(REPO_ROOT) else notebook,
-        "parameters": job.params, "command": job.command, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": _now()})
+        "parameters": job.params, "command": job.command, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": runs.timestamp()})
     s = json.loads((job.folder / "eval" / "metrics.json").read_text())["summary"]
     return None, seconds, f"entity {s['entity_accuracy']:.2f}, relation {s['relation_accuracy']:.2f}"
 
@@ -361,10 +361,6 @@ def _kernel_manager() -> type:
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp" if os.name == "nt" else "ipc", config=True)
 
     return LocalKernelManager
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class _Pool:
@@ -445,7 +441,7 @@ def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = Non
     return done
 
 
-def _repo_path(path: str | Path) -> Path:
+def repo_path(path: str | Path) -> Path:
     """A path as given if it exists from here, else relative to the repository (as the notebooks run)."""
     path = Path(path)
     return path if path.exists() or path.is_absolute() else REPO_ROOT / path

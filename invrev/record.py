@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from invrev import batch, runs
-from invrev.batch import BatchError, _now, _repo_path
+from invrev.batch import BatchError, repo_path
 from invrev.config import VARIANTS
 from invrev.models import REPO_ROOT
 
@@ -93,7 +93,7 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
               flush=True)
     merged = load_runs(staging)
     runs.atomic_write_json(staging / "collected.json", {
-        "source": str(src.resolve()), "collected": _now(), "git": runs.git_state(), "example_run": example,
+        "source": str(src.resolve()), "collected": runs.timestamp(), "git": runs.git_state(), "example_run": example,
         "new": sorted(names), "kept_from_earlier": sorted(_name(run, dest) for run in kept),
         "runs": [_name(run, staging) for run in merged]})
     if dest.exists():
@@ -107,7 +107,7 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         staging.rename(dest)
     if execute:
         shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
-        batch.execute(_repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": str(shown)})
+        batch.execute(repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": str(shown)})
     return dest
 
 

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def timestamp() -> str:
+    """Local time as the records write it: ``2026-11-28T12:42:52+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def git_state() -> dict[str, Any]:

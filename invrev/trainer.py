@@ -88,7 +88,7 @@ def train_many(
     text_encoder, unet = components.compute_modules(accelerator.device, dtype)
     table = components.text_encoder.get_input_embeddings().weight.detach().to(accelerator.device, torch.float32)
     modules = _Modules(components, text_encoder, unet, dtype, table)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started = runs.timestamp()
     all_runs = [_open_run(c, Path(f), components, vocab, accelerator, resume) for c, f in zip(configs, folders)]
     trainable = [r for r in all_runs if r.config.train]
     total = sum(r.config.steps for r in trainable)
@@ -440,7 +440,7 @@ def _finish(run: Run, started: str, accelerator: Accelerator, dtype: torch.dtype
         train_seconds=round(run.seconds, 2),
         seconds_per_step=round(run.seconds / max(c.steps, 1), 4) if c.train else 0.0,
         started=started,
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        finished=runs.timestamp(),
         learned={k: embeddings.file_name(k) for k in learned},
     )
     runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if c.train else 0,
