@@ -1,4 +1,8 @@
-"""The ``invrev`` command line. ``invrev --help`` lists the commands; each has its own ``--help``."""
+"""The ``invrev`` command line. ``invrev --help`` lists the commands; each has its own ``--help``.
+
+Building the parser imports nothing heavy: torch and diffusers load inside the command that needs
+them, so ``--help`` and a mistyped argument answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from invrev.models import WORLD_MODEL
-
+WORLD_MODEL = "data/world/model"  # invrev.models.WORLD_MODEL, repeated so that --help does not import torch
 BENCHMARK = "data/world/benchmark"
+RUN_NOTEBOOK = "notebooks/10_run.ipynb"  # invrev.batch.RUN_NOTEBOOK
 
 EPILOG = """\
 start here:
@@ -17,7 +21,7 @@ start here:
   invrev train --relation inside               learn <r> for one relation (variant inv_reversion)
   invrev generate --run runs/inside/inv_reversion/seed0 --prompt "a red circle <r> a blue square"
   invrev evaluate --relation inside --variant inv_reversion --embeddings runs/inside/inv_reversion/seed0
-  invrev world check-scorer --seed 7 --per-relation 100
+  invrev world check-scorer --seed 7 --per-relation 200
 
 on Stable Diffusion 1.5 (GPU, model downloaded or on the hub):
   invrev train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --exemplars path/to/reversion/inside
@@ -80,9 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_demo)
 
-    from invrev.batch import add_batch_commands
-
-    add_batch_commands(sub)
+    _add_batch_commands(sub)
 
     world = sub.add_parser("world", help="the embedded relation world: scorer check, benchmark, pretraining")
     wsub = world.add_subparsers(title="world commands")
@@ -117,6 +119,36 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ship)
     world.set_defaults(func=lambda a: world.print_help() or 2)
     return parser
+
+
+def _add_batch_commands(sub) -> None:
+    p = sub.add_parser("batch", help="run experiments (relation x variant x seed) through the run notebook",
+                       description="Experiments as data, run through the run notebook: validate first, skip what is done, keep going.")
+    p.add_argument("--experiments", required=True, help="experiment file, e.g. experiments/full.yaml or experiments/smoke.yaml")
+    p.add_argument("--runs", default="runs", help="runs root (default: runs)")
+    p.add_argument("--workers", type=int, default=1, help="notebooks run side by side; one GPU each where several (default 1)")
+    p.add_argument("--joint", type=int, default=0, metavar="K", help="first train K runs at a time in one process (default 0: off)")
+    p.add_argument("--notebook", default=RUN_NOTEBOOK, help=f"run notebook (default {RUN_NOTEBOOK})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-notebook parameter for every run, e.g. --set steps=100 (JSON values; repeatable)")
+    p.add_argument("--relations", nargs="+", help="only these relations of the experiment")
+    p.add_argument("--variants", nargs="+", help="only these variants of the experiment")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the experiment")
+    p.add_argument("--dry-run", action="store_true", help="check the plan and list what would run; run nothing")
+    p.set_defaults(func=_batch)
+
+    p = sub.add_parser("collect", help="copy the compact record of every run into results/latest for the book")
+    p.add_argument("--runs", default="runs", help="runs root (default: runs)")
+    p.add_argument("--dest", default="results/latest", help="where the record goes (default: results/latest)")
+    p.add_argument("--replace", action="store_true",
+                   help="start the record afresh from --runs (default: keep the record's runs that --runs lacks)")
+    p.add_argument("--no-execute", action="store_true", help="copy only; do not execute the results notebook")
+    p.set_defaults(func=_collect)
+
+    p = sub.add_parser("notebooks", help="execute every notebook with tiny parameters (a smoke run)")
+    p.add_argument("--out", default="outputs/notebooks", help="where the executed notebooks go (default: outputs/notebooks)")
+    p.add_argument("--model", help="model for the notebooks that take one (default: their own, the world model)")
+    p.set_defaults(func=_notebooks)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -215,6 +247,31 @@ def _demo(args) -> int:
     print(f"\nrelation {args.relation!r}: relation accuracy {s['relation_accuracy']:.2f} with the learned <r> "
           f"vs {b['relation_accuracy']:.2f} in words (sd); entity accuracy {s['entity_accuracy']:.2f} vs {b['entity_accuracy']:.2f}")
     print(f"learned tokens: {folder / 'learned'}\ngrid: {folder / 'eval' / 'grid.png'}\nmetrics: {folder / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def _batch(args) -> int:
+    from invrev import batch
+    from invrev.config import parse_assignments
+
+    result = batch.run_batch(args.experiments, args.runs, args.workers, args.joint, args.notebook,
+                             relations=args.relations, variants=args.variants, seeds=args.seeds,
+                             dry_run=args.dry_run, **parse_assignments(args.set))
+    return 1 if result.failed else 0
+
+
+def _collect(args) -> int:
+    from invrev import record
+
+    dest = record.collect(args.runs, args.dest, replace=args.replace, execute=not args.no_execute)
+    print(f"compact record of {len(record.load_runs(dest))} runs written to {dest}")
+    return 0
+
+
+def _notebooks(args) -> int:
+    from invrev import batch
+
+    batch.run_notebooks(args.out, args.model)
     return 0
 
 

@@ -1,9 +1,12 @@
 """The command line as a newcomer uses it: help, every variant trained, errors that say what to do."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
+from invrev import cli
 from invrev.cli import main
 from invrev.config import VARIANTS
 
@@ -15,6 +18,20 @@ def test_help_lists_commands_and_examples(capsys):
     out = capsys.readouterr().out
     for word in ("train", "generate", "evaluate", "demo", "world", "start here", "stable-diffusion-v1-5"):
         assert word in out
+
+
+def test_help_and_argument_errors_do_not_load_torch():
+    """Every typo would cost seconds if building the parser imported torch or diffusers."""
+    code = ("import sys\nfrom invrev import cli\ncli._parser()\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_command_line_defaults_are_the_packages():
+    from invrev import batch, models
+
+    assert (cli.WORLD_MODEL, cli.RUN_NOTEBOOK) == (models.WORLD_MODEL, batch.RUN_NOTEBOOK)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

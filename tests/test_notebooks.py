@@ -6,7 +6,6 @@ The world notebooks need a world-shaped model: ``data/world/model`` when it exis
 randomly initialised one (same classes and tokenizer, a few channels), built once per session.
 """
 
-import argparse
 import json
 import random
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from invrev import batch, generate, ratings, record, runs
+from invrev import batch, cli, generate, ratings, record, runs
 from invrev.config import VARIANTS, make_config
 from invrev.models import REPO_ROOT, WORLD_MODEL
 
@@ -138,9 +137,7 @@ def test_batch_keeps_going_past_a_failure_and_exits_nonzero(tmp_path, monkeypatc
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     (tmp_path / "exp.yaml").write_text("relations: [\"on\"]\nvariants: [sd, reversion, no_hf]\nseeds: [0]\n")
-    parser = argparse.ArgumentParser()
-    batch.add_batch_commands(parser.add_subparsers())
-    args = parser.parse_args(["batch", "--experiments", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"),
+    args = cli._parser().parse_args(["batch", "--experiments", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"),
                               "--set", f"model={world_model}"])
     assert args.func(args) == 1
     out = capsys.readouterr().out
