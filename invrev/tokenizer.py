@@ -62,6 +62,57 @@ def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     return out
 
 
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE as the tokenizer applies it: repeatedly merge the present pair of lowest rank."""
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, len(ranks)))
+        if pair not in ranks:
+            break
+        symbols = _merge(symbols, pair)
+    return symbols
+
+
+def extend_tokenizer(tokenizer: CLIPTokenizer, words: Iterable[str], out_dir: str | Path) -> tuple[CLIPTokenizer, list[str]]:
+    """``tokenizer`` with ``words`` added as single tokens, every existing token keeping its id.
+
+    New merges go after the old ones (so no old word tokenises differently: its own merges all
+    rank first) and new tokens after the special ones (ids ``len(tokenizer)`` onwards), which is
+    what warm-starting a trained text encoder needs: ``resize_token_embeddings`` appends the rows.
+    Returns the tokenizer (saved to ``out_dir``) and the words that were new.
+    """
+    vocab = dict(tokenizer.get_vocab())
+    merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in tokenizer._merges]
+    table = bytes_to_unicode()
+    ranks = {m: i for i, m in enumerate(merges)}
+    new = [w for w in sorted({w.lower() for w in words}) if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    pieces = {}
+    for word in new:
+        chars = [table[b] for b in word.encode("utf-8")]
+        pieces[word] = _apply_merges(chars[:-1] + [chars[-1] + "</w>"], ranks)
+    added = []
+    while True:
+        counts = collections.Counter()
+        for symbols in pieces.values():
+            counts.update(zip(symbols, symbols[1:]))
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        added.append(best)
+        for word, symbols in pieces.items():
+            pieces[word] = _merge(symbols, best)
+    for pair in added:
+        vocab.setdefault("".join(pair), len(vocab))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    extended = CLIPTokenizer(vocab=vocab, merges=merges + added, model_max_length=tokenizer.model_max_length,
+                             bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+    split = [w for w in new if len(extended(w, add_special_tokens=False).input_ids) != 1]
+    if split:
+        raise RuntimeError(f"BPE merges left these words in several tokens: {split[:10]}")
+    extended.save_pretrained(out)
+    return extended, new
+
+
 def build_tokenizer(words: Iterable[str], out_dir: str | Path, model_max_length: int = 77) -> CLIPTokenizer:
     """Learn a CLIPTokenizer for ``words`` and save it (``save_pretrained``) into ``out_dir``."""
     words = sorted({w.lower() for w in words})

@@ -50,3 +50,26 @@ def test_cuda_only_toggles_are_reported_not_run(bench):
     rows = bench.ablate(on_cpu, baseline=None, names=["tf32", "compile", "cudagraphs"])
     assert [r.note for r in rows] == ["TF32 matmul: needs CUDA", "torch.compile(unet): needs CUDA",
                                       "CUDA graphs (compile, reduce-overhead): needs CUDA"]
+
+
+def test_validation_pairs_are_neither_test_nor_exemplar_pairs():
+    from invrev.world import benchmark, scene
+
+    for relation in scene.RELATIONS:
+        val = benchmark.validation_pairs(relation, 20)
+        assert len(set(val)) == 20
+        assert not set(val) & set(benchmark.test_pairs(relation))
+        assert not set(val) & set(benchmark.exemplar_pairs(relation))
+        assert sum(a.shape == b.shape for a, b in val) == 10  # half same-shape, half not
+
+
+def test_exemplar_pairs_are_the_shipped_exemplars():
+    import json
+
+    from invrev.world import benchmark, scene
+
+    root = Path(__file__).resolve().parents[1] / "data" / "world" / "benchmark"
+    for relation in scene.RELATIONS:
+        shipped = json.loads((root / relation / "text.json").read_text())
+        texts = [t[0] for t in shipped.values()]
+        assert texts == [f"a {a.text} {{}} a {b.text}" for a, b in benchmark.exemplar_pairs(relation)]

@@ -1,5 +1,7 @@
 """World pretraining: a fresh start, a resume, the loss log and the exported model."""
 
+import torch
+
 from invrev.models import load_components
 from invrev.world import model as world_model
 from invrev.world import pretrain
@@ -33,3 +35,36 @@ def test_batches_are_the_same_whatever_renders_them(tmp_path):
             assert torch.equal(x, x0) and torch.equal(ids, ids0)
     other = pretrain.Batches(pretrain.PretrainConfig(steps=4, batch_size=3, seed=8), TINY, tokenizer)[0]
     assert not torch.equal(other[0], alone[0][0])
+
+
+def test_extending_a_tokenizer_keeps_every_id(tmp_path):
+    from invrev.tokenizer import build_tokenizer, extend_tokenizer
+
+    old = build_tokenizer(["a", "red", "circle", "and", "on", "square"], tmp_path / "old")
+    new, added = extend_tokenizer(old, ["red", "daubed", "swaddled", "circles"], tmp_path / "new")
+    assert added == ["circles", "daubed", "swaddled"]
+    for text in ("a red circle on a square", "a square and a circle", "<r> red"):
+        assert new(text).input_ids == old(text).input_ids
+    assert old.get_vocab().items() <= new.get_vocab().items()
+    for word in added:
+        (token,) = new(word, add_special_tokens=False).input_ids
+        assert token >= len(old)
+
+
+def test_warm_start_adds_rows_from_and(tmp_path):
+    """A model built before the handles existed, continued: old rows equal, new rows = "and"."""
+    from unittest import mock
+
+    from invrev.world import model
+
+    words = [w for w in model.vocabulary() if w not in ("daubed", "swaddled")]
+    with mock.patch.object(model, "vocabulary", lambda: words):
+        tok, te, unet, sched = model.build(tmp_path / "m", TINY)
+    model.save(tmp_path / "m", tok, te, unet, sched, TINY, {})
+    tok2, te2, *_ , world = pretrain.warm_start(str(tmp_path / "m"), tmp_path / "out")
+    old = te.get_input_embeddings().weight.float()
+    table = te2.get_input_embeddings().weight
+    assert world == TINY and len(tok2) > len(tok)
+    assert torch.equal(table[: len(tok)], old.half().float())
+    and_row = table[tok2.convert_tokens_to_ids("and</w>")]
+    assert torch.equal(table[tok2("daubed", add_special_tokens=False).input_ids[0]], and_row)

@@ -246,3 +246,56 @@ def test_captions():
     assert paraphrase == "a blue square right of a red circle"
     with pytest.raises(ValueError):
         captions.caption(RED_CIRCLE, "hug", BLUE_SQUARE, paraphrase=True)
+
+
+@pytest.mark.parametrize("relation", [r for r in ALL_RELATIONS if r != "carved_by"])
+def test_broken_renders_fail_entity_accuracy(checked, relation):
+    """An entity removed or recoloured, or the colours swapped (different shapes): <= 1% pass."""
+    row = checked[relation]
+    assert row.removed <= 0.01 and row.recoloured <= 0.01 and row.colours_swapped <= 0.01
+    assert "removed" in scorer.format_table([row])
+
+
+@pytest.mark.parametrize("relation", scorer.CONTAINERS)
+def test_a_container_must_be_drawn_in_its_own_colour(relation):
+    """The false positive that was: with B's colour absent, B's body was A's, and a same-shape
+    pair passed entity accuracy."""
+    rng = np.random.default_rng(3)
+    a, b = Entity("red", "circle"), Entity("blue", "circle")
+    for _ in range(10):
+        layers = render.layout(a, relation, b, rng)
+        assert scorer.score(render.paint(layers), a, relation, b).entity
+        gone = render.paint([(m, c) for m, c in layers if c != COLOURS["blue"]])
+        green = render.paint([(m, COLOURS["green"] if c == COLOURS["blue"] else c) for m, c in layers])
+        assert not scorer.score(gone, a, relation, b).entity
+        assert not scorer.score(green, a, relation, b).entity
+
+
+def test_contained_entities_keep_their_shape_size():
+    """inside and wrapped_in draw A at least ``render.INNER`` px wide where it fits (it did not
+    keep its shape in the model's samples at 8 px)."""
+    rng = np.random.default_rng(5)
+    for relation in ("inside", "wrapped_in"):
+        widths = []
+        for _ in range(20):
+            a, b = scene.sample_pair(rng)
+            if b.shape != "square":
+                continue
+            image = render.render(a, relation, b, rng)
+            cols = np.flatnonzero((scorer.classify(image) == 2 + list(COLOURS).index(a.colour)).any(0))
+            widths.append(cols[-1] - cols[0] + 1)
+        assert min(widths) >= render.INNER - 1
+
+
+def test_handles_are_unnamed_relations_words_of_no_list():
+    from invrev.words import load_words
+
+    listed = set().union(*(load_words(k) for k in ("prepositions", "verbs", "stopwords")))
+    words = {w for info in ALL_RELATIONS.values() for w in info.words.split()}
+    for name, info in ALL_RELATIONS.items():
+        assert (info.handle is None) == info.named, name
+        if info.handle:
+            assert info.handle not in listed and info.handle not in words
+            assert captions.caption(RED_CIRCLE, name, BLUE_SQUARE, handle=True) == f"a red circle {info.handle} a blue square"
+    with pytest.raises(ValueError, match="no handle"):
+        captions.caption(RED_CIRCLE, "on", BLUE_SQUARE, handle=True)

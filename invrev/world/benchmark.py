@@ -41,6 +41,27 @@ def test_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, s
     return [held[k] for k in order]
 
 
+def exemplar_pairs(relation: str, seed: int = 0) -> list[tuple[scene.Entity, scene.Entity]]:
+    """The pairs of a relation's shipped exemplars (as :func:`write_benchmark` draws them)."""
+    train = training_pairs()
+    rng = np.random.default_rng([seed, sorted(scene.RELATIONS).index(relation)])
+    return [train[i] for i in rng.choice(len(train), EXEMPLARS_PER_RELATION, replace=False)]
+
+
+def validation_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, scene.Entity]]:
+    """``n`` pairs that are neither held out nor among the relation's exemplars: where checkpoints
+    and sampling settings are chosen, so the test prompts are never looked at. Half share a shape
+    and half do not (where there are enough), a fixed draw per relation."""
+    exemplars = set(exemplar_pairs(relation))
+    pool = [p for p in training_pairs() if p not in exemplars]
+    rng = np.random.default_rng([1, sorted(scene.RELATIONS).index(relation)])
+    same = [p for p in pool if p[0].shape == p[1].shape]
+    other = [p for p in pool if p[0].shape != p[1].shape]
+    k = min(len(same), n // 2)
+    chosen = [same[i] for i in rng.permutation(len(same))[:k]] + [other[i] for i in rng.permutation(len(other))[:n - k]]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
 def write_benchmark(root: str | Path, seed: int = 0) -> Path:
     """Render every relation's exemplars (training pairs only) into ``root/<relation>/`` + text.json."""
     from invrev.data import write_exemplars

@@ -21,13 +21,19 @@ def relation_text(a: Entity, relation: str, b: Entity) -> str:
 
 
 def caption(a: Entity, relation: str, b: Entity, rng: np.random.Generator | None = None,
-            vague: bool = False, paraphrase: bool = False) -> str:
+            vague: bool = False, paraphrase: bool = False, handle: bool = False) -> str:
     """A scene's caption.
 
     ``vague`` drops the relation: "a red circle and a blue square"; given ``rng`` the two entities
     come in random order, so a vague caption does not even hint which one is the subject.
     ``paraphrase`` swaps the entities and uses the inverse words: "a blue square under a red circle".
+    ``handle`` uses an unnamed relation's pretraining handle: "a red circle daubed a blue square".
     """
+    if handle:
+        word = ALL_RELATIONS[relation].handle
+        if word is None:
+            raise ValueError(f"relation {relation!r} has no handle (only unnamed relations do)")
+        return template(a, b).format(word)
     if vague:
         first, second = (b, a) if rng is not None and rng.random() < 0.5 else (a, b)
         return f"a {first.text} and a {second.text}"

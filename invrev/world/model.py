@@ -47,6 +47,7 @@ def vocabulary() -> list[str]:
     for relation in scene.ALL_RELATIONS.values():
         words.update(relation.words.split())
         words.update((relation.inverse_words or "").split())
+        words.update((relation.handle or "").split())
     for kind in ("prepositions", "verbs", "stopwords"):
         words.update(load_words(kind))
     return sorted(words)
@@ -99,10 +100,12 @@ def save(folder: str | Path, tokenizer, text_encoder, unet, scheduler, config: W
     return folder
 
 
-def caption_for(a, relation: str, b, rng) -> str:
-    """A training caption: named relations in words (with paraphrases), unnamed ones vaguely."""
+def caption_for(a, relation: str, b, rng, handle_share: float = 0.0) -> str:
+    """A training caption: named relations in words (with paraphrases); unnamed ones by their
+    handle with probability ``handle_share``, vaguely ("A and B") otherwise."""
     info = scene.ALL_RELATIONS[relation]
     if not info.named:
-        return captions.caption(a, relation, b, rng, vague=True)
+        use_handle = info.handle is not None and rng.random() < handle_share
+        return captions.caption(a, relation, b, rng, vague=not use_handle, handle=use_handle)
     paraphrase = info.inverse_words is not None and rng.random() < 0.5
     return captions.caption(a, relation, b, rng, paraphrase=paraphrase)

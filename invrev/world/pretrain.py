@@ -1,8 +1,12 @@
-"""Pretraining the relation world's model from scratch on captioned renders.
+"""Pretraining the relation world's model on captioned renders, from scratch or from a model.
 
 Runs unchanged on a CPU or a GPU (device from ``torch.cuda.is_available()``, bf16 autocast on
 CUDA), with large batches, an EMA of the weights (what is shipped), atomic checkpoints, ``resume``,
-and a wall-clock budget so a background run always ends with a saved model.
+and a wall-clock budget so a background run always ends with a saved model. ``init_from`` continues
+from a shipped model instead (a warm start): its tokenizer is extended with any new words, every
+existing token keeping its id, and the new rows start from "and". With ``eval_every`` the EMA
+model is sampled on validation pairs every so many steps (``validate``), and the best so far by
+that measure is kept in ``best_model/``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from invrev import runs
+from invrev import models, runs
 from invrev.world import benchmark, model, render, scene
 
 
@@ -36,18 +40,26 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     workers: int = -1  # processes rendering batches; -1: none on a CPU, all cores but two on a GPU
+    unnamed_share: float = 0.5  # fraction of scenes showing one of the five unnamed relations
+    handle_share: float = 0.5  # fraction of those captioned by the relation's handle, not "A and B"
+    init_from: str = ""  # a model folder to continue from (warm start); "" builds a fresh model
+    eval_every: int = 0  # sample the EMA model on validation pairs every so many steps (0: never)
+    eval_guidance: float = 1.5
 
 
-def sample_batch(rng: np.random.Generator, n: int, p_uncond: float):
-    """Renders and captions over all relations (named in words, unnamed under vague captions)."""
+def sample_batch(rng: np.random.Generator, n: int, p_uncond: float, unnamed_share: float = 0.5, handle_share: float = 0.5):
+    """Renders and captions over all relations: named ones in words, unnamed ones (``unnamed_share``
+    of the scenes) by their handle (``handle_share`` of those) or vaguely ("A and B")."""
     train = benchmark.training_pairs()
-    names = sorted(scene.ALL_RELATIONS)
+    unnamed = sorted(r for r, info in scene.ALL_RELATIONS.items() if not info.named)
+    named = sorted(r for r, info in scene.ALL_RELATIONS.items() if info.named)
     images, texts = [], []
     for _ in range(n):
         a, b = train[rng.integers(len(train))]
+        names = unnamed if rng.random() < unnamed_share else named
         relation = names[rng.integers(len(names))]
         images.append(render.render(a, relation, b, rng))
-        texts.append("" if rng.random() < p_uncond else model.caption_for(a, relation, b, rng))
+        texts.append("" if rng.random() < p_uncond else model.caption_for(a, relation, b, rng, handle_share))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return x, texts
 
@@ -66,7 +78,8 @@ class Batches(torch.utils.data.Dataset):
         return self.config.steps
 
     def __getitem__(self, step: int):
-        x, texts = sample_batch(np.random.default_rng([self.config.seed, step]), self.config.batch_size, self.config.p_uncond)
+        c = self.config
+        x, texts = sample_batch(np.random.default_rng([c.seed, step]), c.batch_size, c.p_uncond, c.unnamed_share, c.handle_share)
         ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.world.max_tokens,
                              return_tensors="pt").input_ids
         return F.pixel_unshuffle(x, self.world.fold), ids
@@ -87,7 +100,10 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer, text_encoder, unet, scheduler = model.build(folder / "model", world, config.seed)
+    if config.init_from:
+        tokenizer, text_encoder, unet, scheduler, world = warm_start(config.init_from, folder / "model")
+    else:
+        tokenizer, text_encoder, unet, scheduler = model.build(folder / "model", world, config.seed)
     text_encoder.to(device).train()
     unet.to(device).train()
     params = list(text_encoder.parameters()) + list(unet.parameters())
@@ -95,16 +111,16 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
                                   fused=device.type == "cuda")
     ema = [p.detach().clone() for p in params]
     torch_gen = torch.Generator().manual_seed(config.seed)
-    step, seconds = 0, 0.0
+    step, seconds, best = 0, 0.0, -1.0
     ckpt = folder / "checkpoint.pt"
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         text_encoder.load_state_dict(state["text_encoder"])
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         ema = [e.to(device) for e in state["ema"]]
         torch_gen.set_state(state["torch_rng"])
-        step, seconds = state["step"], state["seconds"]
+        step, seconds, best = state["step"], state["seconds"], state.get("best", -1.0)
     alphas = scheduler.alphas_cumprod.to(device)
     log = _open_log(folder / "pretrain_log.csv", step)
     budget = config.minutes * 60
@@ -145,8 +161,11 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
             runs.atomic_torch_save(ckpt, {
                 "text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
                 "optimizer": optimizer.state_dict(), "ema": ema,
-                "torch_rng": torch_gen.get_state(), "step": step, "seconds": seconds,
+                "torch_rng": torch_gen.get_state(), "step": step, "seconds": seconds, "best": best,
             })
+        if config.eval_every and step % config.eval_every == 0:
+            best = _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config,
+                                      step, seconds, device, best, bar)
     bar.close()
     log.close()
     return export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device)
@@ -162,18 +181,132 @@ def _open_log(path: Path, step: int):
     return log
 
 
-def export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device) -> Path:
-    """Save the EMA weights with ``save_pretrained`` (fp32: the whole model is a few MB)."""
+def _ema_copies(text_encoder, unet, ema):
+    """Eval-mode copies of the two modules holding the EMA weights."""
     text_encoder, unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     with torch.no_grad():
         for p, e in zip(list(text_encoder.parameters()) + list(unet.parameters()), ema):
             p.copy_(e)
-    out = folder / "model"
+    return text_encoder, unet
+
+
+def export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device,
+           name: str = "model", extra: dict | None = None) -> Path:
+    """Save the EMA weights with ``save_pretrained`` into ``folder/name``."""
+    text_encoder, unet = _ema_copies(text_encoder, unet, ema)
+    out = folder / name
     provenance = {
         "pretrain": asdict(config), "steps": step, "wall_seconds": round(seconds, 1),
         "hardware": runs.device_name(device),
-        "command": f"invrev world pretrain --out {folder} --minutes {config.minutes} --batch-size {config.batch_size}",
+        "command": f"invrev world pretrain --out {folder.name} --minutes {config.minutes} --batch-size {config.batch_size}"
+                   + (f" --init-from {config.init_from}" if config.init_from else ""),
+        **(extra or {}),
     }
+    if config.init_from:
+        provenance["warm_start"] = _provenance_of(config.init_from)
     model.save(out, tokenizer, text_encoder.cpu(), unet.cpu(), scheduler, world, provenance)
-    (folder / "pretrain_summary.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    (folder / f"{name}_summary.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def _provenance_of(source: str) -> dict:
+    """What the model a warm start continued from says of itself (its ``invrev.json``, less sizes)."""
+    meta = Path(models.resolve_model(source)) / "invrev.json"
+    info = json.loads(meta.read_text()) if meta.is_file() else {}
+    return {k: v for k, v in info.items() if k not in ("latent", "world_model")}
+
+
+def warm_start(source: str, out: Path):
+    """A shipped model's components, ready to train on: fp32, the tokenizer extended with the words
+    of :func:`model.vocabulary` it lacks (old ids unchanged), new embedding rows copied from "and"."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from invrev.tokenizer import extend_tokenizer
+
+    src = models.resolve_model(source)
+    meta = json.loads((Path(src) / "invrev.json").read_text())
+    world = model.WorldModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["world_model"].items()})
+    tokenizer, new = extend_tokenizer(CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"), model.vocabulary(),
+                                      out / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=torch.float32)
+    rows = text_encoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        with torch.no_grad():
+            table = text_encoder.get_input_embeddings().weight
+            table[rows:] = table[tokenizer.convert_tokens_to_ids("and</w>")]
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=torch.float32)
+    scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
+    return tokenizer, text_encoder, unet, scheduler, world
+
+
+def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds,
+                       device, best, bar) -> float:
+    """Sample the EMA model on validation pairs, log it, and keep it in ``best_model/`` if it is the best yet."""
+    te, un = _ema_copies(text_encoder, unet, ema)
+    rows = validate(tokenizer, te, un, scheduler, world, guidance=config.eval_guidance)
+    score = validation_score(rows)
+    log = folder / "eval_log.csv"
+    new = not log.is_file()
+    with open(log, "a") as f:
+        if new:
+            f.write("step,seconds,relation,prompt,n,entity,relation_acc,reversed\n")
+        for r in rows:
+            f.write(f"{step},{seconds:.0f},{r['relation']},{r['prompt']},{r['n']},{r['entity']:.3f},"
+                    f"{r['relation_acc']:.3f},{r['reversed']:.3f}\n")
+    summary = " ".join(f"{r['relation'][:6]}:{r['relation_acc']:.2f}" for r in rows if r["prompt"] != "words" or scene.RELATIONS[r["relation"]].named)
+    bar.write(f"step {step}: validation score {score:.3f} (best {max(best, score):.3f}) {summary}")
+    if score > best:
+        export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device,
+               name="best_model", extra={"validation_score": round(score, 4), "validation": rows})
+        best = score
+    return best
+
+
+def validation_pairs(relation: str, n: int) -> list[tuple[scene.Entity, scene.Entity]]:
+    """``n`` pairs for a relation that are neither held-out test pairs nor in its exemplars: for
+    choosing checkpoints and sampling settings without looking at the test prompts."""
+    return benchmark.validation_pairs(relation, n)
+
+
+def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, guidance: float = 1.5, steps: int = 25,
+             seed: int = 12345) -> list[dict]:
+    """Per benchmark relation, images from validation pairs, scored: named relations in words,
+    unnamed ones by their handle and in words. ``reversed`` is how often an image passes as the
+    caption with A and B swapped (a direction check: near 0 for a model that learned direction)."""
+    from invrev import generate
+    from invrev.world import captions, scorer
+
+    components = models.Components(tokenizer, text_encoder, unet, scheduler, dict(scheduler.config),
+                                   models.PixelCodec(world.fold), "pretraining", "main")
+    jobs = []
+    for relation, info in sorted(scene.RELATIONS.items()):
+        for a, b in validation_pairs(relation, pairs):
+            jobs.append((relation, "words", a, b, captions.relation_text(a, relation, b)))
+            if not info.named:
+                jobs.append((relation, "handle", a, b, captions.caption(a, relation, b, handle=True)))
+    images = generate.generate(components, [j[4] for j in jobs], [seed + i for i in range(len(jobs))], steps, guidance,
+                               batch_size=64)
+    rows = {}
+    for (relation, prompt, a, b, _), image in zip(jobs, images):
+        s = scorer.score(image, a, relation, b)
+        swapped = scorer.score(image, b, relation, a)
+        row = rows.setdefault((relation, prompt), {"relation": relation, "prompt": prompt, "n": 0, "entity": 0.0,
+                                                   "relation_acc": 0.0, "reversed": 0.0})
+        row["n"] += 1
+        row["entity"] += s.entity
+        row["relation_acc"] += s.relation
+        row["reversed"] += swapped.relation and not scene.ALL_RELATIONS[relation].symmetric
+    for row in rows.values():
+        for key in ("entity", "relation_acc", "reversed"):
+            row[key] /= row["n"]
+    return list(rows.values())
+
+
+def validation_score(rows: list[dict]) -> float:
+    """One number to keep checkpoints by: mean over the ten relations of (entity + relation) / 2,
+    named relations in words and unnamed ones by handle, less the named ones' reversed rate."""
+    kept = [r for r in rows if (r["prompt"] == "words") == scene.RELATIONS[r["relation"]].named]
+    return sum((r["entity"] + r["relation_acc"]) / 2 - r["reversed"] * scene.RELATIONS[r["relation"]].named
+               for r in kept) / len(kept)

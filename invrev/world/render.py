@@ -58,16 +58,25 @@ def _pixel_mean(samples: np.ndarray, dtype) -> np.ndarray:
 
 def render(a: Entity, relation: str, b: Entity, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """A random scene of ``a <relation> b``: uint8 [size, size, 3]."""
+    return paint(layout(a, relation, b, rng, size), size)
+
+
+def layout(a: Entity, relation: str, b: Entity, rng: np.random.Generator, size: int = 32) -> list[Layer]:
+    """The layers of a random scene of ``a <relation> b``, back to front (``paint`` draws them)."""
     if relation not in _LAYOUTS:
         raise ValueError(f"unknown relation {relation!r}; choose from {sorted(ALL_RELATIONS)}")
     if a.colour == b.colour:
         raise ValueError("A and B must have different colours")
-    layers = _LAYOUTS[relation](a, b, rng, _Frame(size))
-    paint = np.zeros((size * SS, size * SS), np.uint8)  # which layer each sample shows, last on top
+    return _LAYOUTS[relation](a, b, rng, _Frame(size))
+
+
+def paint(layers: list[Layer], size: int = 32) -> np.ndarray:
+    """The layers drawn in order onto the background: uint8 [size, size, 3]."""
+    shown = np.zeros((size * SS, size * SS), np.uint8)  # which layer each sample shows, last on top
     for k, (mask, _) in enumerate(layers, start=1):
-        paint[mask] = k
+        shown[mask] = k
     palette = np.array([BACKGROUND, *(colour for _, colour in layers)], np.float32)
-    return _pixel_mean(palette[paint], np.float32).round().astype(np.uint8)
+    return _pixel_mean(palette[shown], np.float32).round().astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -297,9 +306,12 @@ def _contained(a: Entity, b: Entity, rng: np.random.Generator, f: _Frame,
     raise RuntimeError(f"no room for a {a.shape} inside a {b.shape}")
 
 
+INNER = 11  # px, the smallest a contained A is drawn: at 8 px the model drew it as a round blob
+RING = 2.5  # px, wrapped_in's outline
+
 def _inside(a, b, rng, f):
     """A small and whole, fully within a large filled B."""
-    box_a, box_b = _contained(a, b, rng, f)
+    box_a, box_b = _contained(a, b, rng, f, smallest=INNER)
     return [(f.mask(b.shape, box_b), COLOURS[b.colour]), (f.mask(a.shape, box_a), COLOURS[a.colour])]
 
 
@@ -318,9 +330,9 @@ def _painted_on(a, b, rng, f):
 
 
 def _wrapped_in(a, b, rng, f):
-    """A in the middle of B drawn as a thick hollow outline (B's shape, 2.5 px wide)."""
-    box_a, box_b = _contained(a, b, rng, f)
-    ring = f.mask(b.shape, box_b) & ~f.mask(b.shape, box_b, inset=2.5)
+    """A in the middle of B drawn as a thick hollow outline (B's shape, ``RING`` px wide)."""
+    box_a, box_b = _contained(a, b, rng, f, smallest=INNER)
+    ring = f.mask(b.shape, box_b) & ~f.mask(b.shape, box_b, inset=RING)
     return [(ring, COLOURS[b.colour]), (f.mask(a.shape, box_a), COLOURS[a.colour])]
 
 

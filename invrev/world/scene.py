@@ -42,7 +42,10 @@ class Relation:
     """One relation of the world.
 
     ``words`` sit between the entities in a caption; ``named`` says whether pretraining captions
-    use them (unnamed relations are only ever captioned "A and B"); ``inverse_words`` paraphrase
+    use them. An unnamed relation is never captioned in its words: pretraining says "A and B", or,
+    part of the time, "A <handle> B" with its ``handle``, a word that is in no steering list and in
+    no evaluation prompt (as SD's captions name a relation in words other than the obvious ones, so
+    the relation is in the model but its words do not call it up). ``inverse_words`` paraphrase
     the scene with the entities swapped ("B under A" for "A on B"), None where English has none.
     ``lambda_verb`` is how much the POS-weighted loss leans on verbs rather than prepositions.
     """
@@ -54,6 +57,7 @@ class Relation:
     lambda_verb: float
     inverse_words: str | None = None
     symmetric: bool = False  # swapping A and B describes the same scene (only next_to)
+    handle: str | None = None  # unnamed relations: the one word pretraining captions sometimes use
 
 
 # lambda_verb: a spatial relation is carried by its preposition ("on", "inside"), so the loss leans
@@ -61,15 +65,15 @@ class Relation:
 # the upper end); a behavioural one is an action carried by its verb ("hugging", "riding"), so
 # it leans on verbs (0.7-0.8, "painted"/"carved" at the lower end: their "on"/"by" still matters).
 RELATIONS: dict[str, Relation] = {r.name: r for r in (
-    Relation("painted_on", "painted on", False, "behavioural", 0.7),
+    Relation("painted_on", "painted on", False, "behavioural", 0.7, handle="daubed"),
     Relation("carved_by", "carved by", True, "behavioural", 0.7),
-    Relation("shake_hands", "shaking hands with", False, "behavioural", 0.8),
-    Relation("hug", "hugging", False, "behavioural", 0.8),
-    Relation("back2back", "back to back with", False, "spatial", 0.3),
+    Relation("shake_hands", "shaking hands with", False, "behavioural", 0.8, handle="greeting"),
+    Relation("hug", "hugging", False, "behavioural", 0.8, handle="cuddling"),
+    Relation("back2back", "back to back with", False, "spatial", 0.3, handle="backed"),
     Relation("inside", "inside", True, "spatial", 0.2),
     Relation("on", "on", True, "spatial", 0.2, inverse_words="under"),
     Relation("hanging_from", "hanging from", True, "spatial", 0.3),
-    Relation("wrapped_in", "wrapped in", False, "spatial", 0.3),
+    Relation("wrapped_in", "wrapped in", False, "spatial", 0.3, handle="swaddled"),
     Relation("ride_on", "riding", True, "behavioural", 0.75),
 )}
 
