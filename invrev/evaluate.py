@@ -48,13 +48,17 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>") 
 
 
 def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | None, *, seed: int = 0,
-             prompts: int = 20, samples: int = 4, steps: int = 25, guidance: float = 4.0,
+             prompts: int = 20, samples: int = 4, steps: int | None = None, guidance: float | None = None,
              scheduler: str | None = None, out: str | Path | None = None, components=None) -> dict:
-    """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``."""
+    """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``.
+
+    Sampling settings left None are the model's recommendation (``invrev.json``); the summary
+    records the ones used."""
     from invrev.world import scorer
 
     if components is None:
         components = components_for_inference(model)
+    steps, guidance, scheduler = generate.resolve_sampling(components, steps, guidance, scheduler)
     if variant != "sd":
         if run_folder is None:
             raise ValueError(f"variant {variant!r} needs --embeddings RUN_FOLDER (only sd uses words)")
@@ -71,6 +75,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
                         "relation": bool(s.relation), "fusion": bool(s.fusion)})
     summary = summarise(records)
     summary.update(relation=relation, variant=variant, seed=seed, model=model, steps=steps, guidance=guidance,
+                   scheduler=scheduler or components.scheduler_config["_class_name"],
                    model_fingerprint=runs.model_fingerprint(model))
     result = {"summary": summary, "images": records}
     if out is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +29,8 @@ def generate(
     components: Components,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    steps: int = 50,
-    guidance: float = 7.5,
+    steps: int | None = None,
+    guidance: float | None = None,
     scheduler: str | None = None,
     batch_size: int = 32,
     progress: bool = False,
@@ -37,16 +39,29 @@ def generate(
 
     The initial noise of image i comes from ``torch.Generator().manual_seed(seeds[i])`` on the CPU,
     so an image depends on its own seed only, not on the batch it was drawn in or the device.
-    Defaults are ReVersion's inference settings (50 steps, guidance 7.5). Returns uint8 [H, W, 3].
+    ``steps``, ``guidance`` and ``scheduler`` left None take the model's recommended settings
+    (``components.sampling``: the world model's own, else ReVersion's 50 steps at guidance 7.5).
+    Returns uint8 [H, W, 3].
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+    steps, guidance, scheduler = resolve_sampling(components, steps, guidance, scheduler)
+    if steps < 1 or not math.isfinite(guidance):
+        raise GenerateError(f"steps={steps}, guidance={guidance}: give at least 1 denoising step (--steps) and a finite guidance")
     out = []
     chunks = range(0, len(prompts), batch_size)
     for start in tqdm(chunks, disable=not progress, desc="generating", unit="batch"):
         batch = slice(start, start + batch_size)
         out.extend(_sample(components, prompts[batch], seeds[batch], steps, guidance, scheduler))
     return out
+
+
+def resolve_sampling(components: Components, steps: int | None = None, guidance: float | None = None,
+                     scheduler: str | None = None) -> tuple[int, float, str | None]:
+    """(steps, guidance, scheduler): what is given, else the model's recommendation."""
+    own = components.sampling
+    return (own["steps"] if steps is None else steps, own["guidance"] if guidance is None else guidance,
+            own["scheduler"] if scheduler is None else scheduler)
 
 
 def _sample(components, prompts, seeds, steps, guidance, scheduler_name):
@@ -70,31 +85,73 @@ def _sample(components, prompts, seeds, steps, guidance, scheduler_name):
     return [((img.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for img in images]
 
 
+class GenerateError(ValueError):
+    """A run folder, prompt or output folder that generation cannot use; the message names the fix."""
+
+
+def read_run_tokens(run_folder: str | Path) -> dict[str, torch.Tensor]:
+    """A finished run's learned tokens, read and checked before any model loads."""
+    folder = Path(run_folder)
+    if not (folder / "config.json").is_file():
+        what = "no such folder" if not folder.exists() else "no config.json in it"
+        raise GenerateError(f"--run {folder}: {what}; give a run folder that `invrev train` wrote "
+                            f"(runs/<relation>/<variant>/seed<k>)")
+    if json.loads((folder / "config.json").read_text()).get("train") is False:
+        raise GenerateError(f"--run {folder} is an `sd` run, which learns no token: drop --run and write the "
+                            f"relation in words in the prompt")
+    files = sorted((folder / "learned").glob("*.safetensors"))
+    if not files:
+        raise GenerateError(f"--run {folder} did not finish training (no learned/*.safetensors): continue it with "
+                            f"`invrev train ... --resume`")
+    return embeddings.load_learned(files)
+
+
 def load_run_tokens(components: Components, run_folder: str | Path) -> dict[str, torch.Tensor]:
     """Put a run's learned tokens into the model's table (as diffusers' ``load_textual_inversion``)."""
-    files = sorted((Path(run_folder) / "learned").glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{run_folder}/learned has no *.safetensors: the run did not finish training")
-    vectors = embeddings.load_learned(files)
-    embeddings.use_learned(components.tokenizer, components.text_encoder, vectors)
+    vectors = read_run_tokens(run_folder)
+    try:
+        embeddings.use_learned(components.tokenizer, components.text_encoder, vectors)
+    except embeddings.TokenError as err:
+        raise embeddings.TokenError(f"{Path(run_folder) / 'learned'}: {err}") from None
     return vectors
 
 
-def ascii_name(text: str, index: int) -> str:
-    """A file name that any file system and tool takes: "003_a_red_circle_r_a_blue_square.png"."""
+def check_prompts(prompts: Sequence[str], tokens: Sequence[str]) -> None:
+    """Refuse a prompt without any learned token: it would run silently as if nothing were learned."""
+    for prompt in prompts:
+        if tokens and not any(t in prompt.lower() for t in tokens):
+            first = next(iter(tokens))
+            raise GenerateError(f"prompt {prompt!r} has none of the run's learned tokens ({', '.join(tokens)}): "
+                                f"write {first} where the relation goes, e.g. 'a cat {first} a dog', or drop --run "
+                                f"to prompt in words")
+
+
+def ascii_name(text: str, index: int, seed: int) -> str:
+    """A file name that any file system and tool takes: "003_a_red_circle_r_a_blue_square_seed7.png"."""
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:80]
-    return f"{index:03d}_{slug}.png"
+    return f"{index:03d}_{slug}_seed{seed}.png"
 
 
-def save_images(images: Sequence[np.ndarray], prompts: Sequence[str], folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (image, prompt) in enumerate(zip(images, prompts)):
-        path = folder / ascii_name(prompt, i)
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+def image_paths(prompts: Sequence[str], seeds: Sequence[int], folder: str | Path) -> list[Path]:
+    """Where :func:`save_images` writes each (prompt, seed) image."""
+    return [Path(folder) / ascii_name(p, i, s) for i, (p, s) in enumerate(zip(prompts, seeds))]
+
+
+def check_free(paths: Sequence[Path]) -> None:
+    """Refuse to overwrite images an earlier call made (another seed, run or model may have made them)."""
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        raise GenerateError(f"{taken[0].parent} already holds {', '.join(p.name for p in taken[:3])}"
+                            f"{f' and {len(taken) - 3} more' if len(taken) > 3 else ''} from an earlier call: "
+                            f"choose another --out, or pass --overwrite to replace them")
+
+
+def save_images(images: Sequence[np.ndarray], paths: Sequence[Path]) -> list[Path]:
+    from invrev.runs import atomic_write
+
+    for image, path in zip(images, paths):
+        atomic_write(path, lambda handle, im=image: Image.fromarray(im).save(handle, format="PNG"))
+    return list(paths)
 
 
 def grid(images: Sequence[np.ndarray], columns: int, scale: int = 1, pad: int = 2) -> Image.Image:

@@ -26,8 +26,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_MODEL = "data/world/model"
 
 
+# ReVersion's inference (SD 1.5's shipped scheduler, 50 steps, guidance 7.5): what a model without
+# recommended settings of its own in ``invrev.json`` is sampled with.
+SD15_SAMPLING = {"guidance": 7.5, "steps": 50, "scheduler": None}
+
+
 class ModelError(RuntimeError):
     """The model could not be found or loaded; the message says what to do."""
+
+
+def sampling_settings(model: str) -> dict:
+    """The sampling settings a model recommends: ``invrev.json``'s "sampling" (guidance, steps,
+    scheduler class name or None for the shipped one) over :data:`SD15_SAMPLING`."""
+    source = resolve_model(model)
+    meta = Path(source) / "invrev.json"
+    own = json.loads(meta.read_text()).get("sampling", {}) if meta.is_file() else {}
+    unknown = set(own) - set(SD15_SAMPLING)
+    if unknown:
+        raise ModelError(f"{meta}: unknown sampling setting(s) {sorted(unknown)}; known: {sorted(SD15_SAMPLING)}")
+    return {**SD15_SAMPLING, **own}
+
+
+def recipe_of(model: str) -> str:
+    """The training recipe a model asks for: ``invrev.json``'s "recipe" ("world" for the world
+    model and copies of it), else "sd15" (ReVersion's published run)."""
+    source = resolve_model(model)
+    meta = Path(source) / "invrev.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        return info.get("recipe", "world" if "world_model" in info else "sd15")
+    return "sd15"
 
 
 class VaeCodec:
@@ -74,6 +102,7 @@ class Components:
     codec: VaeCodec | PixelCodec
     model_id: str
     revision: str
+    sampling: dict = field(default_factory=lambda: dict(SD15_SAMPLING))  # the model's recommended settings
     _copies: dict = field(default_factory=dict, repr=False)
 
     def compute_modules(self, device: torch.device, dtype: torch.dtype):
@@ -147,7 +176,8 @@ def load_components(model: str = WORLD_MODEL, revision: str = "main") -> Compone
         module.requires_grad_(False)
         module.eval()
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    return Components(tokenizer, text_encoder, unet, noise_scheduler, scheduler_config, codec, model, revision)
+    sampling = sampling_settings(model) if local else dict(SD15_SAMPLING)
+    return Components(tokenizer, text_encoder, unet, noise_scheduler, scheduler_config, codec, model, revision, sampling)
 
 
 @functools.lru_cache(maxsize=2)
