@@ -34,14 +34,18 @@ def components_for_inference(model: str, revision: str = "main"):
     return components.to("cuda") if torch.cuda.is_available() else components
 
 
-def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>") -> list[dict]:
-    """The relation's held-out (A, B) pairs as prompts: "A <r> B", or "A <words> B" for ``sd``."""
+def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>", split: str = "held_out") -> list[dict]:
+    """The relation's held-out (A, B) pairs as prompts: "A <r> B", or "A <words> B" for ``sd``.
+
+    ``split="seen"`` takes pairs of different shapes that pretraining saw instead (the held-out
+    pairs are all same-shape; see ``benchmark.is_held_out``)."""
     from invrev.world import benchmark, captions, scene
 
     if relation not in scene.RELATIONS:
         raise ValueError(f"relation {relation!r} is not in the world benchmark; choose from {sorted(scene.RELATIONS)}")
+    pairs = benchmark.test_pairs(relation, n) if split == "held_out" else benchmark.seen_pairs(relation, n)
     out = []
-    for a, b in benchmark.test_pairs(relation, n):
+    for a, b in pairs:
         words = scene.RELATIONS[relation].words if variant == "sd" else placeholder
         out.append({"a": a, "b": b, "prompt": text.fill(captions.template(a, b), words)})
     return out
@@ -49,11 +53,13 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>") 
 
 def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | None, *, seed: int = 0,
              prompts: int = 20, samples: int = 4, steps: int | None = None, guidance: float | None = None,
-             scheduler: str | None = None, out: str | Path | None = None, components=None) -> dict:
+             scheduler: str | None = None, out: str | Path | None = None, components=None,
+             seen_prompts: int = 0) -> dict:
     """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``.
 
     Sampling settings left None are the model's recommendation (``invrev.json``); the summary
-    records the ones used."""
+    records the ones used. ``seen_prompts`` > 0 also scores that many seen different-shape pairs
+    (``summary["seen"]``), the view the same-shape held-out pairs cannot give."""
     from invrev.world import scorer
 
     if components is None:
@@ -64,20 +70,26 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
             raise ValueError(f"variant {variant!r} needs --embeddings RUN_FOLDER (only sd uses words)")
         generate.load_run_tokens(components, run_folder)
     items = test_prompts(relation, variant, prompts)
-    texts = [it["prompt"] for it in items for _ in range(samples)]
+    seen = test_prompts(relation, variant, seen_prompts, split="seen") if seen_prompts else []
+    texts = [it["prompt"] for it in items + seen for _ in range(samples)]
     seeds = [seed * 100_000 + i * 100 + k for i in range(len(items)) for k in range(samples)]
+    seeds += [seed * 100_000 + 50_000 + i * 100 + k for i in range(len(seen)) for k in range(samples)]
     images = generate.generate(components, texts, seeds, steps, guidance, scheduler)
     records = []
     for i, image in enumerate(images):
-        item = items[i // samples]
+        item = (items + seen)[i // samples]
         s = scorer.score(image, item["a"], relation, item["b"])
         records.append({"prompt": texts[i], "seed": seeds[i], "entity": bool(s.entity),
                         "relation": bool(s.relation), "fusion": bool(s.fusion)})
+    records, seen_records = records[: len(items) * samples], records[len(items) * samples:]
+    images = images[: len(items) * samples]
     summary = summarise(records)
+    if seen_records:
+        summary["seen"] = summarise(seen_records)
     summary.update(relation=relation, variant=variant, seed=seed, model=model, steps=steps, guidance=guidance,
                    scheduler=scheduler or components.scheduler_config["_class_name"],
                    model_fingerprint=runs.model_fingerprint(model))
-    result = {"summary": summary, "images": records}
+    result = {"summary": summary, "images": records, **({"seen_images": seen_records} if seen_records else {})}
     if out is not None:
         out = Path(out)
         runs.atomic_write_json(out / "metrics.json", result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ WORLD_MODEL = "data/world/model"
 
 # ReVersion's inference (SD 1.5's shipped scheduler, 50 steps, guidance 7.5): what a model without
 # recommended settings of its own in ``invrev.json`` is sampled with.
-SD15_SAMPLING = {"guidance": 7.5, "steps": 50, "scheduler": None}
+# ``guidance_rescale`` (Lin et al. 2024, as diffusers' pipelines) is 0, off, unless a model asks.
+SD15_SAMPLING = {"guidance": 7.5, "steps": 50, "scheduler": None, "guidance_rescale": 0.0}
 
 
 class ModelError(RuntimeError):
@@ -138,7 +140,12 @@ class Components:
         allowed = {s.name for s in KarrasDiffusionSchedulers} | {"DDIMScheduler", "DDPMScheduler"}
         if name not in allowed:
             raise ValueError(f"scheduler {name!r} is not a diffusers text-to-image scheduler; try one of {sorted(allowed)}")
-        return getattr(diffusers, name).from_config(config)
+        cls = getattr(diffusers, name)
+        if config.get("clip_sample") and name != config["_class_name"] and "thresholding" in inspect.signature(cls.__init__).parameters:
+            # A model sampled with its x0 clipped (pixel space) keeps that under solvers that
+            # threshold instead: dynamic thresholding capped at the clip range is the same clip.
+            config.update(thresholding=True, sample_max_value=config.get("clip_sample_range", 1.0))
+        return cls.from_config(config)
 
 
 def resolve_model(model: str) -> str:

@@ -24,7 +24,12 @@ def pairs() -> list[tuple[scene.Entity, scene.Entity]]:
 
 
 def is_held_out(a: scene.Entity, b: scene.Entity) -> bool:
-    """About 1 pair in 8, spread over all colours and shapes, never seen in training."""
+    """About 1 pair in 8, never seen in training: with 24 entities colour-major, (5i + 3j) % 8 == 0
+    holds only where i and j share a shape (i ≡ j mod 4), and the colours it pairs are close hues
+    (yellow/orange, red/purple, ...). So the test pairs are all same-shape pairs, and no pair of
+    different shapes is ever tested held out: report :func:`seen_pairs` beside them. A split
+    covering both kinds and all hue pairs needs a pretraining from scratch (every current
+    training pair is in the shipped weights)."""
     i, j = scene.ENTITIES.index(a), scene.ENTITIES.index(b)
     return (5 * i + 3 * j) % 8 == 0
 
@@ -60,6 +65,15 @@ def validation_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Ent
     k = min(len(same), n // 2)
     chosen = [same[i] for i in rng.permutation(len(same))[:k]] + [other[i] for i in rng.permutation(len(other))[:n - k]]
     return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def seen_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, scene.Entity]]:
+    """``n`` pairs of different shapes that pretraining saw, neither exemplars nor validation
+    pairs: the second view reports give beside the (same-shape) held-out pairs."""
+    taken = set(exemplar_pairs(relation)) | set(validation_pairs(relation))
+    pool = [p for p in training_pairs() if p[0].shape != p[1].shape and p not in taken]
+    rng = np.random.default_rng([2, sorted(scene.RELATIONS).index(relation)])
+    return [pool[i] for i in rng.permutation(len(pool))[:n]]
 
 
 def write_benchmark(root: str | Path, seed: int = 0) -> Path:
