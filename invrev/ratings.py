@@ -5,8 +5,9 @@ by entity accuracy and one by relation accuracy (4 = best); a method's number is
 over raters and sets (Table 1: Inv-ReVersion 3.0–3.9 ... SD 1.5–2.1). :func:`automatic_rank` runs
 the same computation with the scorer as the rater, one set per relation × seed × held-out prompt,
 so the two stand side by side in the results notebook. The rating widget of
-``notebooks/30_explorer.ipynb`` only calls :func:`sample_rating_set`, :func:`rows_for` and
-:func:`append_ratings`; everything a person does can be replayed without a widget.
+``notebooks/30_explorer.ipynb`` drives a :class:`RatingSession`: blind (the rater sees the
+relation, its exemplars and numbered images; which method drew which image is told only when they
+finish), one save per set. Everything a person does can be replayed without a widget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from invrev.config import TABLE1, TABLE2, VARIANTS
 from invrev.evaluate import wilson
 
 CRITERIA = ("entity", "relation")
+INSTRUCTIONS = {  # what the paper asked its raters, for each criterion
+    "relation": "Relation: how faithfully does the image show the relation of the exemplar images between "
+                "the two entities of the prompt, in the direction it states (A related to B, not B to A)?",
+    "entity": "Entities: how faithfully does the image show both entities as the prompt names them "
+              "(their colour and shape), whatever the relation?",
+}
 FIELDS = ("rater", "relation", "prompt", "seed", "variant", "criterion", "rank")
 PAPER_NAMES = {"sd": "SD", "textual_inversion": "Textual Inversion", "reversion": "ReVersion",
                "inv_reversion": "Inv-ReVersion", "no_inverse": "w/o inverse text",
@@ -85,9 +92,10 @@ def sample_rating_set(relation: str, rng: random.Random, variants: Sequence[str]
 
 
 def draw(components, runs_root: str | Path, relation: str, variant: str, seed: int, a, b,
-         image_seeds: Sequence[int], steps: int = 25, guidance: float = 4.0) -> list:
+         image_seeds: Sequence[int], steps: int | None = None, guidance: float | None = None) -> list:
     """Images of "a <A> <r> a <B>" with the learned tokens of run ``runs_root/relation/variant/seed<k>``
-    (the relation in words for ``sd``), one per image seed; ``a``/``b`` are world entities."""
+    (the relation in words for ``sd``), one per image seed; ``a``/``b`` are world entities. Steps
+    and guidance left None are the model's recommended settings."""
     from invrev import generate, runs, text
     from invrev.world import captions, scene
 
@@ -98,7 +106,8 @@ def draw(components, runs_root: str | Path, relation: str, variant: str, seed: i
     return generate.generate(components, [prompt] * len(image_seeds), list(image_seeds), steps, guidance)
 
 
-def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: int = 25, guidance: float = 4.0) -> list:
+def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: int | None = None,
+             guidance: float | None = None) -> list:
     """One image per variant of the set, in its shown order: the image evaluate scored for it."""
     from invrev.world import benchmark
 
@@ -149,6 +158,115 @@ def append_ratings(path: str | Path, rows: Iterable[Mapping]) -> Path:
     return path
 
 
+class RatingSession:
+    """One person's blind rating of sets drawn at random from ``relations``.
+
+    What the rater sees comes from :meth:`shown` (the relation in words, the prompt with the
+    entities named, the exemplar images, the instructions) and the messages of :meth:`save`; none of
+    it names a method. Ranks are given by image position (image 1 is the leftmost). A set is saved
+    once: a second save of a set this rater already has in ``path`` is refused. :meth:`finish`
+    ends the session and only then tells which method drew which image, with the rater's averages.
+    """
+
+    def __init__(self, rater: str, path: str | Path, relations: Sequence[str], variants: Sequence[str] = TABLE1,
+                 seeds: Sequence[int] = (0,), rng: random.Random | None = None, benchmark: str | Path | None = None):
+        self.rater, self.path = rater.strip(), Path(path)
+        if not self.rater or "," in self.rater:
+            raise RatingError(f"rater {rater!r}: give a name or initials without commas")
+        self.relations, self.variants, self.seeds = list(relations), tuple(variants), tuple(seeds)
+        self.rng = rng or random.Random()
+        self.benchmark = Path(benchmark) if benchmark else None
+        self.current: RatingSet | None = None
+        self.saved: list[RatingSet] = []
+        self.finished = False
+
+    def next_set(self) -> RatingSet:
+        """A set this rater has not saved yet (its images are drawn by :func:`draw_set`)."""
+        if self.finished:
+            raise RatingError("this session is finished; start a new one to rate more")
+        done = self._done()
+        for _ in range(200):
+            candidate = sample_rating_set(self.rng.choice(self.relations), self.rng, self.variants, self.seeds)
+            if _key(self.rater, candidate) not in done:
+                self.current = candidate
+                return candidate
+        raise RatingError("you have rated every set of these relations: thank you")
+
+    def shown(self, rating_set: RatingSet | None = None) -> dict:
+        """What the rater sees of a set: relation, prompt in words, exemplar paths and instructions."""
+        from invrev.world import scene
+
+        rating_set = rating_set or self._current()
+        words = scene.RELATIONS[rating_set.relation].words
+        n = len(rating_set.variants)
+        return {"relation": words, "prompt": rating_set.prompt.replace("<r>", words),
+                "exemplars": exemplar_paths(rating_set.relation, self.benchmark),
+                "instructions": [f"The exemplar images show one relation, '{words}'. Below them, {n} images drawn for "
+                                 f"the prompt, numbered 1 to {n} from the left, in a random order. Rank them twice, "
+                                 f"{n} = best, 1 = worst:", INSTRUCTIONS["relation"], INSTRUCTIONS["entity"]]}
+
+    def save(self, ranks: Mapping[str, Sequence[int]], ties: bool = False) -> str:
+        """Store the current set's ranks, ``ranks[criterion][i]`` for image ``i + 1``; both criteria at once."""
+        rating_set = self._current()
+        n = len(rating_set.variants)
+        if set(ranks) != set(CRITERIA) or any(len(ranks[c]) != n for c in CRITERIA):
+            raise RatingError(f"give a rank to each of the {n} images for both {' and '.join(CRITERIA)}")
+        if _key(self.rater, rating_set) in self._done():
+            self.current = None
+            raise RatingError("this set is already saved; draw a new set")
+        for c in CRITERIA:  # checked here, by image: rows_for's messages would name the methods
+            given = list(ranks[c])
+            if not all(isinstance(r, int) and 1 <= r <= n for r in given) or (not ties and sorted(given) != list(range(1, n + 1))):
+                raise RatingError(f"{c}: give each image a different rank 1..{n} ({n} = best), or tick ties "
+                                  f"for images you cannot tell apart; got {given}")
+        rows = [row for c in CRITERIA
+                for row in rows_for(self.rater, rating_set, c, dict(zip(rating_set.variants, ranks[c])), ties)]
+        append_ratings(self.path, rows)
+        self.saved.append(rating_set)
+        self.current = None
+        return f"saved: set {len(self.saved)} of this session ({len(rows)} ranks) in {self.path}"
+
+    def finish(self) -> str:
+        """End the session; only now say which method drew which image, and this rater's averages."""
+        self.finished, self.current = True, None
+        if not self.saved:
+            return "finished: nothing was saved"
+        lines = [f"finished: {len(self.saved)} set(s) saved. The images were, from the left:"]
+        lines += [f"  {s.prompt} (seed {s.seed}): " + ", ".join(PAPER_NAMES.get(v, v) for v in s.variants) for s in self.saved]
+        mine = [r for r in read_ratings(self.path) if r["rater"] == self.rater]
+        for criterion, by_relation in average_user_rank(mine).items():
+            pooled = defaultdict(list)
+            for ranks in by_relation.values():
+                for v, x in ranks.items():
+                    pooled[v].append(x)
+            lines.append(f"your average {criterion} rank (4 = best): "
+                         + ", ".join(f"{PAPER_NAMES.get(v, v)} {statistics.fmean(x):.2f}" for v, x in pooled.items()))
+        return "\n".join(lines)
+
+    def _current(self) -> RatingSet:
+        if self.current is None:
+            raise RatingError("draw a new set first")
+        return self.current
+
+    def _done(self) -> set[tuple]:
+        if not self.path.is_file():
+            return set()
+        return {(r["rater"], r["relation"], r["prompt"], r["seed"]) for r in read_ratings(self.path)}
+
+
+def _key(rater: str, rating_set: RatingSet) -> tuple:
+    return rater, rating_set.relation, rating_set.prompt, rating_set.seed
+
+
+def exemplar_paths(relation: str, root: str | Path | None = None) -> list[Path]:
+    """The exemplar images of a world relation (``data/world/benchmark/<relation>``), in name order."""
+    from invrev.data import is_image_name, natural_key
+    from invrev.models import REPO_ROOT
+
+    folder = Path(root or REPO_ROOT / "data" / "world" / "benchmark") / relation
+    return sorted((p for p in folder.iterdir() if is_image_name(p.name)), key=lambda p: natural_key(p.name))
+
+
 def read_ratings(*paths: str | Path) -> list[dict]:
     """Rows of one or more ``ratings.csv`` files, typed (seed int, rank float); bad rows raise."""
     rows = []
@@ -163,6 +281,12 @@ def read_ratings(*paths: str | Path) -> list[dict]:
                 except (TypeError, ValueError) as err:
                     raise RatingError(f"{path}:{line}: {err}; seed must be an integer and rank a number") from err
     return rows
+
+
+def study_size(rows: Iterable[Mapping]) -> tuple[int, int]:
+    """(raters, sets): how many people ranked, and how many (rater, prompt image set)s they ranked."""
+    sets = {(r["rater"], r["relation"], r["prompt"], r["seed"]) for r in rows}
+    return len({s[0] for s in sets}), len(sets)
 
 
 def average_user_rank(rows: Iterable[Mapping]) -> dict[str, dict[str, dict[str, float]]]:

@@ -2,11 +2,12 @@
 average user rank and the automatic rank against values worked out by hand, and the claim checks."""
 
 import random
+import re
 
 import pytest
 
 from invrev import ratings
-from invrev.config import TABLE1, TABLE2
+from invrev.config import TABLE1, TABLE2, VARIANTS
 
 
 def test_rank_is_the_papers_scale_with_ties_averaged():
@@ -73,6 +74,48 @@ def test_bad_rankings_are_refused(tmp_path):
     bad.write_text("who,rank\nada,1\n")
     with pytest.raises(ratings.RatingError, match="header"):
         ratings.read_ratings(bad)
+
+
+def test_rating_is_blind_until_the_rater_finishes_and_a_set_is_saved_once(tmp_path):
+    path = tmp_path / "ratings.csv"
+    session = ratings.RatingSession("ada", path, ["inside", "hug"], TABLE1, seeds=[0, 1], rng=random.Random(3))
+    seen = []  # everything the widget shows the rater before they finish
+    for best in range(3):
+        rating_set = session.next_set()
+        shown = session.shown()
+        assert len(shown["exemplars"]) == 6 and all(p.is_file() for p in shown["exemplars"])
+        assert "<r>" not in shown["prompt"] and shown["relation"] in shown["prompt"]
+        seen += [shown["relation"], shown["prompt"], *shown["instructions"], *map(str, shown["exemplars"])]
+        with pytest.raises(ratings.RatingError) as refused:
+            session.save({"entity": [1, 1, 2, 3], "relation": [1, 2, 3, 4]})
+        seen.append(str(refused.value))
+        ranks = [1, 2, 3, 4]
+        ranks.insert(best, ranks.pop())
+        seen.append(session.save({"entity": ranks, "relation": ranks}))
+        with pytest.raises(ratings.RatingError, match="draw a new set") as again:
+            session.save({"entity": ranks, "relation": ranks})
+        seen.append(str(again.value))
+    assert "relation of the exemplar images" in " ".join(seen) and "colour and shape" in " ".join(seen)
+    names = [*VARIANTS, *ratings.PAPER_NAMES.values()]
+    leaked = [n for n in names for text in seen if re.search(rf"(?i)\b{re.escape(n)}\b", text)]
+    assert leaked == [], f"method names shown before the rater finished: {leaked}"
+    rows = ratings.read_ratings(path)
+    assert len(rows) == 3 * 2 * 4 and ratings.study_size(rows) == (1, 3)
+
+    # the same set again, from a new session of the same rater: refused; another rater may rate it
+    later = ratings.RatingSession("ada", path, ["inside", "hug"], TABLE1, seeds=[0, 1])
+    later.current = session.saved[0]
+    with pytest.raises(ratings.RatingError, match="already saved"):
+        later.save({"entity": [1, 2, 3, 4], "relation": [1, 2, 3, 4]})
+    other = ratings.RatingSession("bo", path, ["inside"], TABLE1)
+    other.current = session.saved[0]
+    assert other.save({"entity": [1, 2, 3, 4], "relation": [4, 3, 2, 1]}).startswith("saved")
+    assert ratings.study_size(ratings.read_ratings(path)) == (2, 4)
+
+    told = session.finish()  # only now: which method drew which image
+    assert all(ratings.PAPER_NAMES[v] in told for v in TABLE1) and "average relation rank" in told
+    with pytest.raises(ratings.RatingError, match="finished"):
+        session.next_set()
 
 
 def _run(relation, variant, seed, hits_per_prompt, criterion="relation", samples=2):
