@@ -12,6 +12,7 @@ dropped.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,30 @@ def load_runs(root: str | Path) -> list[dict]:
         })
     order = {name: i for i, name in enumerate([*RELATIONS, *VARIANTS])}
     return sorted(found, key=lambda r: (order.get(r["relation"], 99), order.get(r["variant"], 99), r["seed"]))
+
+
+def device(name: str) -> str:
+    """A manifest's device as the book shows it (manifests written before ``runs.device_name`` was
+    fixed say "1 threads")."""
+    return re.sub(r"\b1 threads\b", "1 thread", name)
+
+
+def sampling_note(found: list[dict]) -> str:
+    """The sentence every page showing the record's numbers carries while the record was sampled at
+    another classifier-free guidance than its model recommends; "" once they agree (after a rerun)."""
+    from invrev.models import ModelError, sampling_settings
+
+    recorded = sorted({r["summary"].get("guidance") for r in found} - {None})
+    models = sorted({r["summary"].get("model") or r["config"].get("model") for r in found} - {None})
+    try:
+        recommended = {sampling_settings(m)["guidance"] for m in models}
+    except ModelError:
+        recommended = set()
+    if not recorded or set(recorded) == recommended:
+        return ""
+    return (f"The recorded batch was sampled at classifier-free guidance {', '.join(f'{g:.1f}' for g in recorded)}, "
+            "where the world model fails (at guidance 1.5 the same model draws named relations correctly); "
+            "a rerun at the model's calibrated settings is pending.")
 
 
 def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, replace: bool = False,
@@ -122,11 +147,23 @@ def _example_run(found: list[dict], src: Path, staging: Path, dest: Path, earlie
     keep_earlier = (dest / "10_run.ipynb").is_file() and earlier in {_name(run, dest) for run in kept}
     if examples and (examples[0]["variant"] == "inv_reversion" or not keep_earlier):
         shutil.copy2(examples[0]["folder"] / "run.ipynb", staging / "10_run.ipynb")
+        without_machine_paths(staging / "10_run.ipynb")
         return _name(examples[0], src)
     if keep_earlier:
         shutil.copy2(dest / "10_run.ipynb", staging / "10_run.ipynb")
         return earlier
     return None
+
+
+def without_machine_paths(notebook: Path) -> None:
+    """Write an executed run notebook's absolute runs root as its last part (``runs``).
+
+    The batch hands papermill an absolute ``runs_root``, which the book would show as the folders
+    of the machine the batch ran on (in the injected parameters and in printed run folders)."""
+    text = notebook.read_text()
+    for root in set(re.findall(r'"runs_root": "(/[^"]+)"', text)):  # papermill's record of the parameters
+        text = text.replace(root, Path(root).name)
+    notebook.write_text(text)
 
 
 def _name(run: dict, root: Path) -> str:

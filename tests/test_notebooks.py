@@ -241,6 +241,19 @@ def test_collect_and_the_results_notebook(tmp_path):
         record.collect(source, tmp_path / "mine", execute=False)
 
 
+def test_the_example_run_notebook_names_no_folder_of_the_machine_it_ran_on(tmp_path):
+    root = tmp_path / "somewhere" / "runs"
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(f'runs_root = "{root}"', outputs=[nbformat.v4.new_output(
+            "stream", text=f"on / sd / seed 0 -> {root}/on/sd/seed0\n")])],
+        metadata={"papermill": {"parameters": {"runs_root": str(root), "seed": 0}}})
+    nbformat.write(notebook, tmp_path / "run.ipynb")
+    record.without_machine_paths(tmp_path / "run.ipynb")
+    text = (tmp_path / "run.ipynb").read_text()
+    assert str(tmp_path) not in text and "-> runs/on/sd/seed0" in text and 'runs_root = \\"runs\\"' in text
+    assert nbformat.read(tmp_path / "run.ipynb", as_version=4).metadata.papermill.parameters.runs_root == "runs"
+
+
 def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     """A fresh clone has the record but no runs/: collecting one new seed must add to the record,
     not shrink it; runs on another model are refused, and --replace starts afresh."""
