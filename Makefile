@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help setup test demo notebooks book batch check-scorer gpu-wheels clean
+.PHONY: help setup test demo notebooks book check-book batch check-scorer gpu-wheels clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
@@ -28,6 +28,9 @@ notebooks: setup ## execute every notebook through papermill with tiny parameter
 
 book: setup ## build the Jupyter Book offline, warnings as errors (book/_build/html)
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book -W -n --keep-going
+
+check-book: setup ## read every page of the built book in headless Chromium (system package; installed when root); screenshots in outputs/book_check
+	$(BIN)/python scripts/check_book.py --html book/_build/html --shots outputs/book_check
 
 batch: setup ## the full batch (10 relations x 7 variants x 3 seeds), then the compact record for the book
 	$(BIN)/invrev batch --experiments experiments/full.yaml --runs runs --workers 2
