@@ -325,20 +325,21 @@ def time_runs(bench: Bench, name: str, kind: str, k: int, count_flops: bool = Tr
     row = Row(name, kind, k, k * configs[0].batch_size * configs[0].grad_accum)
     bench.call(configs, bench.warmup)  # compilation, cuDNN autotuning, allocator warm-up
     _reset_peak_memory(bench.device)
-    zero, _ = bench.call(configs, 0)
-    full, folders = bench.call(configs, bench.steps)
+    # A run needs at least one step, so the setup cost is timed with one and subtracted with it.
+    one, _ = bench.call(configs, 1)
+    full, folders = bench.call(configs, 1 + bench.steps)
     row.peak_memory_gib = _peak_memory_gib(bench.device)
-    row.seconds_per_step = (full - zero) / bench.steps
+    row.seconds_per_step = (full - one) / bench.steps
     row.samples_per_s = row.samples_per_step / row.seconds_per_step
     # The trainer's own clock (log.csv, each run holds 1/K of every step) as a cross-check.
     last = (folders[0] / "log.csv").read_text().strip().splitlines()[-1]
-    row.extra["trainer_log_seconds_per_step"] = float(last.split(",")[-1]) * k / bench.steps
+    row.extra["trainer_log_seconds_per_step"] = float(last.split(",")[-1]) * k / (1 + bench.steps)
     if count_flops:
+        with FlopCounterMode(display=False) as two:
+            bench.call(configs, 2)
         with FlopCounterMode(display=False) as one:
             bench.call(configs, 1)
-        with FlopCounterMode(display=False) as none:
-            bench.call(configs, 0)
-        row.flops_per_sample = (one.get_total_flops() - none.get_total_flops()) / row.samples_per_step
+        row.flops_per_sample = (two.get_total_flops() - one.get_total_flops()) / row.samples_per_step
     return row
 
 

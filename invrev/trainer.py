@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Run:
     exemplars: ExemplarSet
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
+    words: "_Words"
     vectors: torch.nn.Parameter  # [1 or 2, D]: <r>, and <inv> when the inverse expansion is on
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
@@ -48,6 +50,7 @@ class Run:
     step: int = 0
     seconds: float = 0.0
     failed: str | None = None
+    finished_before: bool = False  # resumed after done.json: its record is left as it was
     row: dict = field(default_factory=dict)
 
     @property
@@ -78,6 +81,11 @@ def train_many(
     if len(configs) != len(folders) or not configs:
         raise TrainingError("give one folder per config, and at least one config")
     _check_compatible(configs)
+    folders = [Path(f) for f in folders]
+    # Everything the user can get wrong is checked before the model loads (minutes for SD 1.5).
+    for config, folder in zip(configs, folders):
+        _check_folder(config, folder, resume)
+    exemplar_sets = [load_exemplars(c.exemplars, c.resolution) for c in configs]
     first = configs[0]
     # Autocast is ours, not accelerate's: its mixed-precision state is process-global, so a second
     # call with another precision would fail. Accelerate gives the device and the processes.
@@ -89,7 +97,7 @@ def train_many(
     table = components.text_encoder.get_input_embeddings().weight.detach().to(accelerator.device, torch.float32)
     modules = _Modules(components, text_encoder, unet, dtype, table)
     started = runs.timestamp()
-    all_runs = [_open_run(c, Path(f), components, vocab, accelerator, resume) for c, f in zip(configs, folders)]
+    all_runs = [_open_run(c, f, e, components, vocab, accelerator, resume) for c, f, e in zip(configs, folders, exemplar_sets)]
     trainable = [r for r in all_runs if r.config.train]
     total = sum(r.config.steps for r in trainable)
     bar = tqdm(total=total, initial=sum(r.step for r in trainable), disable=not progress or not accelerator.is_main_process,
@@ -109,7 +117,7 @@ def train_many(
         bar.set_postfix(loss=f"{sum(r.row.get('loss', 0) for r in active) / len(active):.4f}")
     bar.close()
     for run in all_runs:
-        if run.failed is None and accelerator.is_main_process:
+        if run.failed is None and not run.finished_before and accelerator.is_main_process:
             _finish(run, started, accelerator, dtype)
     failed = [r for r in all_runs if r.failed]
     if failed:
@@ -144,19 +152,46 @@ class _Modules:
     table: torch.Tensor
 
 
+@dataclass
+class _Words:
+    """One run's word lists as token ids: its positive sets and what is never a caption negative."""
+
+    preposition_ids: torch.Tensor
+    verb_ids: torch.Tensor
+    excluded: set[int]
+
+
 class _Vocabulary:
-    """Token ids of the word lists and of what never counts as a caption negative."""
+    """Token ids of the word lists, and the pool of "other" words the vocabulary negatives come from."""
 
     def __init__(self, components: Components, placeholders: list[str]):
         tok = components.tokenizer
         self.placeholders = embeddings.add_placeholders(tok, components.text_encoder, placeholders)
-        self.prepositions = self._ids(tok, words.load_words("prepositions"))
         self.verbs = self._ids(tok, words.load_words("verbs"))
-        self.preposition_ids, self.verb_ids = torch.tensor(self.prepositions), torch.tensor(self.verbs)
-        excluded = set(self._ids(tok, words.load_words("stopwords"))) | set(self.prepositions) | set(self.verbs)
-        self.excluded = excluded | set(tok.all_special_ids) | set(self.placeholders)
-        if not self.prepositions or not self.verbs:
-            raise TrainingError("no preposition or verb of the word lists is a single token of this tokenizer")
+        self.lists = {name: {kind: self._ids(tok, ws) for kind, ws in words.steering_lists(name).items()}
+                      for name in ("invrev", "reversion")}
+        self.special = set(tok.all_special_ids) | set(self.placeholders)
+        listed = set(self.verbs).union(*(ids for lists in self.lists.values() for ids in lists.values()))
+        # SPEC §3 "word vectors of other POS": whole words (alphabetic, 2+ letters) in none of the lists.
+        self.vocab_pool = torch.tensor(sorted(
+            i for t, i in tok.get_vocab().items()
+            if t.endswith("</w>") and len(t) > 5 and t[:-4].isalpha() and i not in listed | self.special))
+        if not self.verbs or not all(lists["prepositions"] for lists in self.lists.values()) or not len(self.vocab_pool):
+            raise TrainingError("no preposition, verb or other word of the word lists is a single token of this tokenizer")
+
+    def for_config(self, config: TrainConfig) -> _Words:
+        """ReVersion excludes its stop words and prepositions from the negatives; Inv-ReVersion's
+        POS-weighted loss also excludes the verbs, which are its positives too."""
+        lists = self.lists[config.word_lists]
+        excluded = set(lists["stopwords"]) | set(lists["prepositions"]) | self.special
+        if config.steer == "pos_weighted":
+            excluded |= set(self.verbs)
+        found = {"prepositions": len(lists["prepositions"]), "verbs": len(self.verbs)}
+        for kind, n in found.items():
+            if config.steer != "none" and config.num_positives > n and (kind == "prepositions" or config.steer == "pos_weighted"):
+                raise TrainingError(f"num_positives={config.num_positives} is more than the {n} {kind} of the "
+                                    f"{config.word_lists!r} word lists that are one token here; lower it (ReVersion: 4)")
+        return _Words(torch.tensor(lists["prepositions"]), torch.tensor(self.verbs), excluded)
 
     @staticmethod
     def _ids(tokenizer, word_list) -> list[int]:
@@ -164,16 +199,39 @@ class _Vocabulary:
         return [i[0] for i in ids if len(i) == 1 and i[0] != tokenizer.unk_token_id]
 
 
-def _open_run(config: TrainConfig, folder: Path, components: Components, vocab: _Vocabulary,
-              accelerator: Accelerator, resume: bool) -> Run:
-    checkpoint = folder / "checkpoint.pt"
-    if folder.exists() and any(folder.iterdir()):
+def _check_folder(config: TrainConfig, folder: Path, resume: bool) -> None:
+    """Refuse a folder that holds another run, or that cannot be written, naming the fix."""
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"{folder} is a file, not a run folder; choose another --out")
+    if folder.is_dir() and any(folder.iterdir()):
+        checkpoint, done, saved = folder / "checkpoint.pt", folder / "done.json", folder / "config.json"
+        differs = saved.is_file() and saved.read_text().strip() != config.to_json().strip()
+        if not checkpoint.is_file() and not done.is_file() and (differs or not resume):
+            raise TrainingError(f"{folder} already holds a run that stopped before its first checkpoint, so nothing "
+                                f"learned is kept there: delete that folder to start over, or choose a new folder")
         if not resume:
-            raise TrainingError(f"{folder} already holds a run; pass resume=True to continue it or choose a new folder")
-        saved = folder / "config.json"
-        if saved.is_file() and saved.read_text().strip() != config.to_json().strip():
+            what = "a finished run" if done.is_file() else "an interrupted run"
+            raise TrainingError(f"{folder} already holds {what}; it is never overwritten: choose a new folder "
+                                f"(or seed){'' if done.is_file() else ', or continue it with --resume (resume=True)'}")
+        if differs:
             raise TrainingError(f"{folder} holds a run with a different config.json; resume it with that config or use a new folder")
-    exemplars = load_exemplars(config.exemplars)
+        return
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(0, "not a folder")
+        tempfile.TemporaryFile(dir=ancestor).close()
+    except OSError as err:
+        raise TrainingError(f"cannot write the run folder {folder}: {ancestor} is not a writable folder "
+                            f"({err.strerror or err}); choose another --out or make it writable") from None
+
+
+def _open_run(config: TrainConfig, folder: Path, exemplars: ExemplarSet, components: Components,
+              vocab: _Vocabulary, accelerator: Accelerator, resume: bool) -> Run:
+    checkpoint = folder / "checkpoint.pt"
+    words_ = vocab.for_config(config)
     mean, std = _cache_latents(config, exemplars, components, accelerator)
     init_words = [config.init_word, config.inverse_init_word][: 2 if config.inverse else 1]
     init = torch.stack([embeddings.word_vector(components.tokenizer, components.text_encoder, w) for w in init_words])
@@ -186,7 +244,8 @@ def _open_run(config: TrainConfig, folder: Path, components: Components, vocab: 
     generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
     T = components.noise_scheduler.config.num_train_timesteps
     probs = sampling.relation_focal_probs(T, config.importance_alpha) if config.importance_sampling else None
-    run = Run(config, folder, exemplars, mean, std, vectors, optimizer, generator, probs)
+    run = Run(config, folder, exemplars, mean, std, words_, vectors, optimizer, generator, probs,
+              finished_before=resume and (folder / "done.json").is_file())
     if resume and checkpoint.is_file():
         _load_checkpoint(run, checkpoint)
     elif accelerator.is_main_process:
@@ -227,13 +286,18 @@ def _draw(run: Run, components: Components, vocab: _Vocabulary):
     shape = (c.batch_size, *run.latent_mean.shape[1:])
     noise = torch.randn(shape, generator=g)
     posterior = torch.randn(shape, generator=g)
-    prep = torch.randint(len(vocab.prepositions), (c.batch_size, c.num_positives), generator=g)
-    verb = torch.randint(len(vocab.verbs), (c.batch_size, c.num_positives), generator=g)
-    vocab_neg = torch.randint(components.tokenizer.vocab_size, (c.batch_size, c.num_vocab_negatives), generator=g)
+    prep = _choose(len(run.words.preposition_ids), c.batch_size, c.num_positives, g)
+    verb = _choose(len(run.words.verb_ids), c.batch_size, c.num_positives, g)
+    vocab_neg = vocab.vocab_pool[torch.randint(len(vocab.vocab_pool), (c.batch_size, c.num_vocab_negatives), generator=g)]
     device = run.latent_mean.device
     idx_d = idx.to(device)
     latents = run.latent_mean[idx_d] + run.latent_std[idx_d] * _to(posterior, device)
     return _Draw(captions, latents, _to(noise, device), _to(timesteps, device), prep, verb, vocab_neg)
+
+
+def _choose(n: int, rows: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """[rows, k] indices into a list of n, without replacement within a row (as ReVersion's random.sample)."""
+    return torch.rand(rows, n, generator=generator).argsort(dim=1)[:, :k]
 
 
 @dataclass
@@ -242,9 +306,9 @@ class _Draw:
     latents: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
-    prep: torch.Tensor  # [B, P] indices into the preposition list
-    verb: torch.Tensor  # [B, P] indices into the verb list
-    vocab_neg: torch.Tensor  # [B, M] random token ids, for negatives="vocab"
+    prep: torch.Tensor  # [B, P] indices into the run's preposition list, distinct within a row
+    verb: torch.Tensor  # [B, P] indices into the verb list, distinct within a row
+    vocab_neg: torch.Tensor  # [B, M] token ids of other words, for negatives="vocab"
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -292,9 +356,11 @@ def _train_step(active: list[Run], modules: _Modules, vocab: _Vocabulary, accele
     values = torch.stack([torch.stack(parts[id(r)]).mean(0) for r in active]).tolist()
     for run, (loss, denoise, control) in zip(active, values):
         if not all(map(math.isfinite, (loss, denoise, control))):
+            kept = ("The last checkpoint is kept; --resume (resume=True) continues from it with the same config."
+                    if (run.folder / "checkpoint.pt").is_file() else
+                    "No checkpoint was written yet: delete the folder before retrying with a new config.")
             run.failed = (f"loss became {loss} at step {run.step + 1} (denoise {denoise:.4g}, control {control:.4g}); "
-                          f"lower learning_rate or use mixed_precision='no'. The last checkpoint is kept; "
-                          f"resume=True continues from it.")
+                          f"lower learning_rate or use mixed_precision='no'. {kept}")
             run.optimizer.zero_grad(set_to_none=True)
             continue
         if accelerator.num_processes > 1:
@@ -313,60 +379,50 @@ def _sample_vectors(run: Run) -> torch.Tensor:
 
 
 def _suppress_latent(noisy: torch.Tensor, active: list[Run]) -> torch.Tensor:
-    """Eq. 8 placed on x_t (``hf_suppress="latent"``): filter each run's rows that ask for it."""
+    """Eq. 8 placed on x_t (``hf_suppress="latent"``): filter each run's rows that ask for it.
+
+    σ is ``hf_sigma_latent``, in latent cells: the image σ scaled down (2 px -> 0.25 cells at SD 1.5)
+    is a 3-tap near-identity, because what it removes is finer than a cell (docs/decisions.md)."""
     if all(r.config.hf_suppress != "latent" for r in active):
         return noisy
     parts, start = [], 0
     for run in active:
         chunk = noisy[start:start + run.config.batch_size]
         if run.config.hf_suppress == "latent":
-            sigma = run.config.hf_sigma * chunk.shape[-1] / run.config.resolution
-            chunk = gaussian_lowpass(chunk, sigma, run.config.hf_kernel_size or None)
+            chunk = gaussian_lowpass(chunk, run.config.hf_sigma_latent, run.config.hf_kernel_size or None)
         parts.append(chunk)
         start += run.config.batch_size
     return torch.cat(parts)
 
 
 def _control_loss(run: Run, caption_ids: torch.Tensor, draw: _Draw, table: torch.Tensor, vocab: _Vocabulary) -> torch.Tensor:
-    """ReVersion's steer loss or the POS-weighted control loss, averaged over the run's examples.
+    """ReVersion's steer loss or the POS-weighted control loss, one per micro-batch.
 
-    Each example has its own positives (drawn per example, as ReVersion) and negatives; the
-    examples are scored at once, padded negatives masked out.
+    As ReVersion's code (and Eq. 3's one set per iteration): the positives of all the micro-batch's
+    examples (each example's drawn without replacement) and the negatives of all its captions are
+    pooled into one set each, and ``<r>`` is scored against them once.
     """
     c = run.config
     r = run.vectors[0]
     if c.steer == "none":
         return torch.zeros((), device=r.device)
-    neg_ids, mask = _negative_ids(caption_ids, draw.vocab_neg, c, vocab)
-    negatives = table[neg_ids.to(table.device)]
-    mask = mask.to(table.device)
-    prepositions = table[vocab.preposition_ids[draw.prep].to(table.device)]
+    negatives = table[_negative_ids(caption_ids, draw.vocab_neg, c, run.words).to(table.device)]
+    prepositions = table[run.words.preposition_ids[draw.prep].reshape(-1).to(table.device)]
     if c.steer == "prepositions":
-        return losses.steer_loss(r, prepositions, negatives, c.temperature, mask).mean()
-    verbs = table[vocab.verb_ids[draw.verb].to(table.device)]
-    return losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature, mask).mean()
+        return losses.steer_loss(r, prepositions, negatives, c.temperature)
+    verbs = table[run.words.verb_ids[draw.verb].reshape(-1).to(table.device)]
+    return losses.pos_weighted_control_loss(r, verbs, prepositions, negatives, c.lambda_verb, c.temperature)
 
 
-def _negative_ids(caption_ids: torch.Tensor, vocab_neg: torch.Tensor, config: TrainConfig,
-                  vocab: _Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §3: each caption's other content tokens (ReVersion's code), or random vocabulary rows.
-
-    Returns padded ids [B, M] and a mask. A caption with no content token (a template of bare "{}")
-    falls back to its vocabulary draw, so the loss stays defined.
-    """
-    if config.negatives == "vocab":
-        return vocab_neg, torch.ones_like(vocab_neg, dtype=torch.bool)
-    rows = []
-    for ids, fallback in zip(caption_ids.tolist(), vocab_neg):
-        content = [i for i in ids if i not in vocab.excluded]
-        rows.append(torch.tensor(content) if content else fallback)
-    width = max(len(r) for r in rows)
-    padded = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for k, row in enumerate(rows):
-        padded[k, :len(row)] = row
-        mask[k, :len(row)] = True
-    return padded, mask
+def _negative_ids(caption_ids: torch.Tensor, vocab_neg: torch.Tensor, config: TrainConfig, words_: _Words) -> torch.Tensor:
+    """SPEC §3: the micro-batch's caption tokens that are not excluded (ReVersion's code), or its
+    vocabulary draws. Captions with no such token at all fall back to the draws, so the loss stays
+    defined (ReVersion's would be 0 there)."""
+    if config.negatives == "caption":
+        content = [i for ids in caption_ids.tolist() for i in ids if i not in words_.excluded]
+        if content:
+            return torch.tensor(content)
+    return vocab_neg.reshape(-1)
 
 
 def _after_step(run: Run, accelerator: Accelerator) -> None:

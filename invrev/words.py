@@ -6,8 +6,10 @@ Three lists ship as package data (``invrev/wordlists/*.txt``, one lower-case wor
   the preposition term of the POS-weighted control loss (Inv-ReVersion, Eq. 6).
 - ``verbs``: the verb term of the control loss (Inv-ReVersion, Eq. 5); the paper publishes no list.
 - ``stopwords``: caption tokens that are never "caption negatives" (SPEC §3).
+- ``reversion_prepositions``, ``reversion_stopwords``: ReVersion's two lists, used by its variant;
+  ``docs/decisions.md`` says where and why the project's own lists differ.
 
-Each word must be one token of the CLIP vocabulary (``word</w>``), because the losses compare the
+Each word of the project's lists must be one token of the CLIP vocabulary (``word</w>``), because the losses compare the
 learned relation vector with rows of the token-embedding table. ``tests/test_words.py`` checks that
 against the real vocabulary, which :func:`clip_tokenizer_from_bpe` rebuilds from OpenAI's
 ``bpe_simple_vocab_16e6.txt.gz`` without network access.
@@ -25,6 +27,8 @@ from pathlib import Path
 from invrev.tokenizer import BOS, EOS, bytes_to_unicode
 
 KINDS = ("prepositions", "verbs", "stopwords")
+# ReVersion's own lists, for its variant (``TrainConfig.word_lists = "reversion"``).
+REVERSION_KINDS = ("reversion_prepositions", "reversion_stopwords")
 
 MODEL_MAX_LENGTH = 77
 # Lines 1..48894 of the unzipped file: 49408 tokens = 2*256 byte tokens + merges + 2 specials.
@@ -50,10 +54,16 @@ def find_clip_bpe() -> Path | None:
     return path if path.is_file() else None
 
 
+def steering_lists(name: str) -> dict[str, tuple[str, ...]]:
+    """The prepositions and stop words of ``TrainConfig.word_lists`` (``"invrev"`` or ``"reversion"``)."""
+    prefix = {"invrev": "", "reversion": "reversion_"}[name]
+    return {kind: load_words(prefix + kind) for kind in ("prepositions", "stopwords")}
+
+
 def load_words(kind: str) -> tuple[str, ...]:
     """The words of one list, in file order, without comments or blank lines."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown word list {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in KINDS + REVERSION_KINDS:
+        raise ValueError(f"unknown word list {kind!r}; valid kinds: {', '.join(KINDS + REVERSION_KINDS)}")
     text = files("invrev").joinpath("wordlists", f"{kind}.txt").read_text(encoding="utf-8")
     lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return tuple(line for line in lines if line)

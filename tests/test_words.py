@@ -67,3 +67,9 @@ def test_single_token_words_finds_multi_token_words(clip_tokenizer):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_listed_word_is_one_clip_token(clip_tokenizer, kind):
     assert single_token_words(clip_tokenizer, load_words(kind)) == []
+
+
+def test_reversion_lists_on_the_real_vocabulary(clip_tokenizer):
+    """ReVersion's own lists: only "astride" is two CLIP tokens (left out at load; ReVersion would use both pieces)."""
+    assert single_token_words(clip_tokenizer, load_words("reversion_prepositions")) == ["astride"]
+    assert single_token_words(clip_tokenizer, load_words("reversion_stopwords")) == []
