@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from invrev import runs
+from invrev import models, runs
 from invrev.config import ConfigError, TrainConfig, VARIANTS, make_config, parse_assignments
 from invrev.models import REPO_ROOT
 
@@ -242,8 +242,11 @@ def is_done(job: Job) -> bool:
     if not metrics.is_file():
         return False
     s, p = json.loads(metrics.read_text())["summary"], job.params
-    return (s.get("n") == p["eval_prompts"] * p["eval_samples"] and s.get("steps") == p["eval_steps"]
-            and s.get("guidance") == p["eval_guidance"] and s.get("seed") == p["seed"] and s.get("model") == p["model"]
+    own = models.sampling_settings(p["model"])  # what None (the model's own settings) stands for
+    steps = own["steps"] if p["eval_steps"] is None else p["eval_steps"]
+    guidance = own["guidance"] if p["eval_guidance"] is None else p["eval_guidance"]
+    return (s.get("n") == p["eval_prompts"] * p["eval_samples"] and s.get("steps") == steps
+            and s.get("guidance") == guidance and s.get("seed") == p["seed"] and s.get("model") == p["model"]
             and s.get("model_fingerprint") == runs.model_fingerprint(p["model"]))
 
 
@@ -281,14 +284,24 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
             job = tasks[name][1]
             if error:
                 result.failed[job.name] = error
-                print(f"[{count}/{len(jobs)}] {job.name}: FAILED after {seconds:.1f} s: {error.splitlines()[0]}", flush=True)
+                print(f"[{count}/{len(jobs)}] {job.name}: FAILED after {seconds:.1f} s: {headline(error)}", flush=True)
             else:
                 result.done.append(job.name)
                 print(f"[{count}/{len(jobs)}] {job.name}: done in {seconds:.1f} s ({line})", flush=True)
     print(f"{len(result.done)} run, {len(result.skipped)} skipped, {len(result.failed)} failed", flush=True)
     for name, error in result.failed.items():
-        print(f"  FAILED {name}: {error.splitlines()[0]} (see {Path(runs_root) / name / 'failed.json'})", flush=True)
+        print(f"  FAILED {name}: {headline(error)} (see {Path(runs_root) / name / 'failed.json'})", flush=True)
     return result
+
+
+def headline(error: str) -> str:
+    """One line for a failure: its first line, and the first item when that line only announces a
+    list (``DataError: 1 problem with the exemplar data:`` would drop the file's name)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = f" (+{len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[0]} {lines[1]}{more}"
+    return lines[0] if lines else error
 
 
 def _train_jointly(pool, todo: list[Job], k: int) -> None:
@@ -298,7 +311,7 @@ def _train_jointly(pool, todo: list[Job], k: int) -> None:
     groups = [trainable[i:i + k] for i in range(0, len(trainable), k)]
     tasks = {", ".join(j.name for j in g): ([j.config_json for j in g], [str(j.folder) for j in g]) for g in groups}
     for names, (error, seconds) in pool.run(_train_group, tasks):
-        status = f"FAILED ({error.splitlines()[0]}); their notebooks will retry" if error else "trained"
+        status = f"FAILED ({headline(error)}); their notebooks will retry" if error else "trained"
         print(f"joint training of {names}: {status} in {seconds:.1f} s", flush=True)
 
 

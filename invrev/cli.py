@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; rerun with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"invrev: error: {err}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as err:
+        hint = "" if err.__class__.__module__.startswith("invrev") or not isinstance(err, OSError) else \
+            " (check that path: does it exist, is it writable, is the disk full?)"
+        print(f"invrev: error: {err}{hint}", file=sys.stderr)
         return 1
 
 
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one image per prompt and seed")
     _add_sampling_args(p)
     p.add_argument("--out", default="outputs/generate", help="folder for the images and grid.png")
+    p.add_argument("--overwrite", action="store_true", help="replace images and grid.png an earlier call wrote to --out")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("evaluate", help="score a relation's held-out test prompts (relation world)")
@@ -174,6 +177,13 @@ def _run_config(args):
     if not (args.exemplars or args.relation):
         raise ValueError("give --relation NAME (under --data) or --exemplars FOLDER")
     exemplars = args.exemplars or str(Path(resolve_data(args.data)) / args.relation)
+    if not args.exemplars and not Path(exemplars).is_dir():
+        import difflib
+
+        known = sorted(p.name for p in Path(exemplars).parent.glob("*") if p.is_dir())
+        close = difflib.get_close_matches(args.relation, known, n=1)
+        raise ValueError(f"--relation {args.relation!r}: no folder {exemplars}"
+                         + (f"; did you mean {close[0]!r}?" if close else f"; relations there: {', '.join(known) or 'none'}"))
     recipe = args.recipe or ("world" if args.model == WORLD_MODEL else "sd15")
     overrides = {"model": args.model, "seed": args.seed}
     if args.model == WORLD_MODEL:
@@ -204,17 +214,23 @@ def _train(args) -> int:
 
 def _generate(args) -> int:
     from invrev import generate
-    from invrev.config import load_config
     from invrev.models import load_components
 
-    model = args.model or (load_config(Path(args.run) / "config.json").model if args.run else WORLD_MODEL)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: give at least 1 denoising step")
+    prompts = [p for p in args.prompt for _ in args.seeds]
+    seeds = [s for _ in args.prompt for s in args.seeds]
+    paths = generate.image_paths(prompts, seeds, args.out)
+    if not args.overwrite:
+        generate.check_free(paths + [Path(args.out) / "grid.png"])
+    if args.run:  # checked before the model loads
+        generate.check_prompts(args.prompt, list(generate.read_run_tokens(args.run)))
+    model = args.model or (json.loads((Path(args.run) / "config.json").read_text())["model"] if args.run else WORLD_MODEL)
     components = load_components(model)
     if args.run:
         generate.load_run_tokens(components, args.run)
-    prompts = [p for p in args.prompt for _ in args.seeds]
-    seeds = [s for _ in args.prompt for s in args.seeds]
     images = generate.generate(components, prompts, seeds, args.steps, args.guidance, args.scheduler, progress=True)
-    paths = generate.save_images(images, prompts, args.out)
+    generate.save_images(images, paths)
     scale = max(1, 128 // images[0].shape[0])
     generate.grid(images, len(args.seeds), scale).save(Path(args.out) / "grid.png")
     print(f"{len(paths)} images and grid.png written to {args.out}")

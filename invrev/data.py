@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,15 +182,19 @@ def _check_entry(where: str, key: str, value: object, problems: list[Problem]) -
             problems.append(Problem(where, f'"{key}" template {i}: {reason}', TEMPLATE_FIX))
 
 
-def _load_image(path: Path, problems: list[Problem]) -> tuple[Image.Image, str] | None:
-    """The file as RGB and the sha256 of its bytes, or None (with a problem recorded)."""
+def _load_image(path: Path, problems: list[Problem], resolution: int | None = None) -> tuple[Image.Image, str] | None:
+    """The file as RGB (squashed to ``resolution`` if given) and the sha256 of its bytes, or None
+    (with a problem recorded). Squashing here keeps one full-size image in memory at a time."""
     try:
         raw = path.read_bytes()
         with Image.open(io.BytesIO(raw)) as image:
             image.load()
             rgb = to_rgb(image)
+        if resolution is not None:
+            rgb = squash(rgb, resolution)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        msg = f"cannot be opened as an image (truncated or corrupt file?) [{type(e).__name__}: {e}]"
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))  # Pillow names our buffer, not the file
+        msg = f"cannot be opened as an image (truncated or corrupt file?) [{type(e).__name__}: {reason}]"
         problems.append(Problem(str(path), msg, f"re-export it, or remove it and its key from {TEXT_FILE}"))
         return None
     return rgb, hashlib.sha256(raw).hexdigest()
@@ -239,13 +242,11 @@ def load_exemplars(folder: str | os.PathLike, resolution: int | None = None) -> 
         for key, value in data.items():
             _check_entry(str(folder / TEXT_FILE), key, value, problems)
         _check_keys(folder, names, data, problems)
-    loaded = {name: _load_image(folder / name, problems) for name in names}
+    loaded = {name: _load_image(folder / name, problems, resolution) for name in names}
     if problems:
         raise DataError(sorted(problems, key=lambda p: natural_key(p.path)))
 
     images = tuple(loaded[n][0] for n in names)
-    if resolution is not None:
-        images = tuple(squash(im, resolution) for im in images)
     checksums = {n: loaded[n][1] for n in names}
     checksums[TEXT_FILE] = text_checksum
     return ExemplarSet(
@@ -273,21 +274,6 @@ def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"image arrays must be uint8 HxWx3 or HxW, got {array.dtype} {array.shape}")
     return Image.fromarray(array).convert("RGB")
-
-
-def _write_atomic(path: Path, write) -> None:
-    # The temp name starts with "." so the loader ignores a leftover from an interrupted write.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the exemplars private to this user
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_exemplars(
@@ -322,8 +308,9 @@ def write_exemplars(
     others = sorted(p.name for p in folder.iterdir() if is_image_name(p.name) and p.name not in names)
     if others:
         raise ValueError(f"{folder} already holds other images ({', '.join(others)}): use an empty folder")
+    from invrev.runs import atomic_write, atomic_write_text  # here: runs imports the model stack
+
     for name, picture in zip(names, pictures):
-        _write_atomic(folder / name, lambda f, im=picture: im.save(f, format="PNG"))
-    text = json.dumps({n: list(t) for n, t in zip(names, templates)}, ensure_ascii=False, indent=2)
-    _write_atomic(folder / TEXT_FILE, lambda f: f.write((text + "\n").encode("utf-8")))
+        atomic_write(folder / name, lambda f, im=picture: im.save(f, format="PNG"))
+    atomic_write_text(folder / TEXT_FILE, json.dumps({n: list(t) for n, t in zip(names, templates)}, ensure_ascii=False, indent=2) + "\n")
     return folder

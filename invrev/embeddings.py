@@ -11,11 +11,13 @@ share one frozen model with K sets of vectors (multi-run training).
 from __future__ import annotations
 
 import contextlib
-import re
+import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from invrev.config import SPECIAL_TOKENS, token_file_name as file_name
 
 
 class TokenError(ValueError):
@@ -23,16 +25,38 @@ class TokenError(ValueError):
 
 
 def add_placeholders(tokenizer, text_encoder, placeholders: list[str]) -> list[int]:
-    """Add the placeholders to the tokenizer (if new) and grow the table to match; return their ids."""
+    """Add the placeholders to the tokenizer (if new) and grow the table to match; return their ids.
+
+    A placeholder must be a new token: the name of a special token would train (or overwrite) the
+    row that pads every prompt, and an existing word would be shadowed in every later prompt.
+    """
     for token in placeholders:
-        if token != token.lower():
-            raise TokenError(f"placeholder {token!r} has capitals: transformers 5 lower-cases added tokens; use {token.lower()!r}")
+        check_placeholder(tokenizer, token)
     tokenizer.add_tokens([t for t in placeholders if t not in tokenizer.get_vocab()])
     table = text_encoder.get_input_embeddings()
     if len(tokenizer) > table.num_embeddings:
         # New rows are never read during training (the injector overrides them), so no random init.
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return [tokenizer.convert_tokens_to_ids(t) for t in placeholders]
+
+
+def check_placeholder(tokenizer, token: str) -> None:
+    """Raise :class:`TokenError` (naming the token and the fix) unless ``token`` can be a new token."""
+    if token != token.lower():
+        raise TokenError(f"placeholder {token!r} has capitals: transformers 5 lower-cases added tokens; use {token.lower()!r}")
+    if not token or any(ch.isspace() for ch in token):
+        raise TokenError(f"placeholder {token!r} must be one word without spaces, e.g. '<r>'")
+    if token in SPECIAL_TOKENS or token in tokenizer.all_special_tokens:
+        raise TokenError(f"token {token!r} is the tokenizer's own special token (it pads every prompt): "
+                         f"use a new token such as '<r>'")
+    added = set(tokenizer.get_added_vocab()) - set(tokenizer.all_special_tokens)
+    if token in added:  # ours, added earlier in this process
+        return
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if token in tokenizer.get_vocab() or len(ids) == 1:
+        raise TokenError(f"token {token!r} is already a word of this tokenizer: as a "
+                         f"placeholder it would replace that word in every prompt; use a new token such as "
+                         f"'<{token.strip('<>') or 'r'}>'")
 
 
 def word_vector(tokenizer, text_encoder, word: str) -> torch.Tensor:
@@ -75,23 +99,14 @@ class TokenInjector:
         return output
 
 
-def file_name(token: str) -> str:
-    """ASCII file name for a token: "<r>" -> "r.safetensors"."""
-    stem = re.sub(r"[^a-z0-9_-]+", "", token.lower()) or "token"
-    return f"{stem}.safetensors"
-
-
 def save_learned(folder: str | Path, vectors: dict[str, torch.Tensor]) -> list[Path]:
     """One safetensors file per token, ``{"<r>": float32[D]}``: what ``load_textual_inversion`` reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from invrev.runs import atomic_write  # here: runs imports the model stack
+
     paths = []
     for token, vector in vectors.items():
-        path = folder / file_name(token)
-        tmp = path.with_suffix(".tmp")
-        save_file({token: vector.detach().float().cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
-        paths.append(path)
+        data = save({token: vector.detach().float().cpu().contiguous()})
+        paths.append(atomic_write(Path(folder) / file_name(token), lambda handle, b=data: handle.write(b)))
     return paths
 
 
@@ -99,18 +114,55 @@ def load_learned(paths: list[str | Path]) -> dict[str, torch.Tensor]:
     """Read learned tokens from safetensors files or ReVersion's ``learned_embeds.bin``.
 
     ``.bin`` files are read with ``weights_only=True``: never unpickle an untrusted file. Keys are
-    lower-cased (ReVersion saves ``<R>``; transformers 5 would lower-case it anyway).
+    lower-cased (ReVersion saves ``<R>``; transformers 5 would lower-case it anyway). Each file must
+    map tokens to one finite vector ([D] or [1, D]); anything else is refused naming the file.
     """
     vectors = {}
     for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no learned embedding file here (expected *.safetensors or learned_embeds.bin)")
-        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not state:
-            raise TokenError(f"{path}: expected a mapping {{token: vector}}, got {type(state).__name__}")
-        for token, vector in state.items():
-            vectors[token.lower()] = torch.as_tensor(vector).float().reshape(-1)
+        for token, vector in _read_token_file(path).items():
+            token = token.lower()
+            if token in SPECIAL_TOKENS:
+                raise TokenError(f"{path}: key {token!r} is the tokenizer's own special token; loading it would "
+                                 f"change every prompt. Rename the key to the placeholder it was learned for, e.g. '<r>'")
+            if not isinstance(vector, torch.Tensor) or not vector.is_floating_point():
+                raise TokenError(f"{path}: key {token!r} holds {type(vector).__name__}, not a float vector")
+            if vector.ndim > 1 and vector.shape[0] != 1 or vector.ndim > 2:
+                raise TokenError(f"{path}: token {token!r} has shape {list(vector.shape)}: one vector [D] per token "
+                                 f"is expected (a multi-vector token is not supported); save one file per token")
+            if not torch.isfinite(vector).all():
+                raise TokenError(f"{path}: token {token!r} holds NaN or infinite values (a diverged run?); "
+                                 f"retrain it with a lower learning_rate, or use an earlier file")
+            if token in vectors:
+                raise TokenError(f"{path}: token {token!r} is also in an earlier file; give each token once")
+            vectors[token] = vector.float().reshape(-1)
     return vectors
+
+
+def _read_token_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no learned embedding file here (expected *.safetensors or learned_embeds.bin)")
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err):
+            raise TokenError(f"{path}: not a learned embedding file (it cannot be read as safetensors or as a "
+                             f"torch file: {str(err).splitlines()[0]})") from None
+        raise TokenError(f"{path}: not a safe tensor file: it holds Python objects that would run code when "
+                         f"loaded, and invrev does not unpickle files. If you made it and trust it, convert it where "
+                         f"it was made: safetensors.torch.save_file({{token: vector}}, 'token.safetensors'); "
+                         f"otherwise delete it") from None
+    except Exception as err:  # whatever the reader trips on, the file is not one we can use
+        raise TokenError(f"{path}: not a learned embedding file (it cannot be read as "
+                         f"{'safetensors' if path.suffix == '.safetensors' else 'a torch file'}: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); expected "
+                         f"{{token: float32[D]}} as written by invrev, diffusers or ReVersion") from None
+    if not isinstance(state, dict) or not state:
+        raise TokenError(f"{path}: expected a mapping {{token: vector}}, got {type(state).__name__}")
+    if {"string_to_param", "emb_params"} & set(state):
+        raise TokenError(f"{path}: an AUTOMATIC1111 embedding ('string_to_param' / 'emb_params'), not "
+                         f"{{token: vector}}: load it with diffusers' load_textual_inversion(path, token='<r>'), "
+                         f"or save its vector as {{'<r>': vector}} with safetensors")
+    return state
 
 
 def use_learned(tokenizer, text_encoder, vectors: dict[str, torch.Tensor]) -> list[int]:

@@ -96,10 +96,13 @@ def read_run_tokens(run_folder: str | Path) -> dict[str, torch.Tensor]:
         what = "no such folder" if not folder.exists() else "no config.json in it"
         raise GenerateError(f"--run {folder}: {what}; give a run folder that `invrev train` wrote "
                             f"(runs/<relation>/<variant>/seed<k>)")
-    if json.loads((folder / "config.json").read_text()).get("train") is False:
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("train") is False:
         raise GenerateError(f"--run {folder} is an `sd` run, which learns no token: drop --run and write the "
                             f"relation in words in the prompt")
-    files = sorted((folder / "learned").glob("*.safetensors"))
+    # The relation's own token first (messages suggest it), then any others.
+    first = embeddings.file_name(config.get("placeholder", "<r>"))
+    files = sorted((folder / "learned").glob("*.safetensors"), key=lambda p: (p.name != first, p.name))
     if not files:
         raise GenerateError(f"--run {folder} did not finish training (no learned/*.safetensors): continue it with "
                             f"`invrev train ... --resume`")

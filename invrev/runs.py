@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -26,16 +26,43 @@ def run_dir(root: str | Path, relation: str, variant: str, seed: int) -> Path:
     return Path(root) / relation / variant / f"seed{seed}"
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write to a temporary file beside ``path`` and rename it over: a crash leaves old or new, never half."""
+class WriteError(OSError):
+    """A record could not be written; the message names the file, and the earlier version is intact."""
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """The one safe writer of records: ``write(handle)`` fills a temporary file beside ``path``, which
+    is flushed to disk, made readable by everyone (0644, like every record) and renamed over ``path``.
+
+    A crash leaves the old file or the new one, never half of one; on any failure (a full disk, a
+    read-only folder, an interrupt) the temporary file is removed, and an error is raised as a
+    :class:`WriteError` naming ``path`` (torch reports a full disk as a bare ``RuntimeError``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; run records are for everyone to read
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name starts with "." so loaders skip what an interrupted write leaves.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, WriteError):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            raise WriteError(f"cannot write {path}: {reason}. Free disk space or choose a writable folder; "
+                             f"an earlier {path.name} there is unchanged") from err
+        raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
@@ -43,11 +70,7 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def sha256_file(path: str | Path) -> str:

@@ -55,7 +55,7 @@ def test_generate_from_a_run(tiny_model, tiny_data, tmp_path):
     assert main(["generate", "--run", str(run), "--prompt", "a cat <r> a dog", "--seeds", "0", "1",
                  "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
     names = sorted(p.name for p in (tmp_path / "gen").iterdir())
-    assert names == ["000_a_cat_r_a_dog.png", "001_a_cat_r_a_dog.png", "grid.png"]
+    assert names == ["000_a_cat_r_a_dog_seed0.png", "001_a_cat_r_a_dog_seed1.png", "grid.png"]
 
 
 def test_errors_name_the_problem(tiny_model, tmp_path, capsys):
