@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=20, help="held-out entity pairs (default 20)")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (default 4)")
-    _add_sampling_args(p, steps=25, guidance=4.0)
+    _add_sampling_args(p)
     p.add_argument("--out", help="write metrics.json and grid.png into this folder")
     p.set_defaults(func=_evaluate)
 
@@ -108,12 +108,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=-1, help="processes rendering batches (default -1: none on a CPU, all cores but two on a GPU)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--init-from", default="", help="continue from this model folder (warm start) instead of a fresh model")
+    p.add_argument("--unnamed-share", type=float, default=0.5, help="fraction of scenes showing an unnamed relation (default 0.5)")
+    p.add_argument("--handle-share", type=float, default=0.5, help="fraction of those captioned by the relation's handle (default 0.5)")
+    p.add_argument("--eval-every", type=int, default=0, help="sample validation pairs every N steps and keep the best model (default: never)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
     p.set_defaults(func=_pretrain)
     p = wsub.add_parser("report", help="per-relation accuracy of a world model prompted in words")
     p.add_argument("--model", default=WORLD_MODEL)
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--samples", type=int, default=4)
     p.set_defaults(func=_report)
+    p = wsub.add_parser("sweep", help="sampling settings on validation pairs: accuracy per guidance and step count")
+    p.add_argument("--model", default=WORLD_MODEL)
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0, 4.0])
+    p.add_argument("--steps", type=int, nargs="+", default=[25])
+    p.add_argument("--scheduler", help="a diffusers scheduler class name (default: the model's own)")
+    p.add_argument("--rescale", type=float, nargs="+", default=[0.0], help="guidance rescale values (default 0: off)")
+    p.add_argument("--pairs", type=int, default=16, help="validation pairs per relation (default 16)")
+    p.add_argument("--samples", type=int, default=1, help="images per pair (default 1)")
+    p.add_argument("--out", help="a JSON file the rows are added to (sweeps of several schedulers add up)")
+    p.add_argument("--write-model", action="store_true",
+                   help="write the best setting over all rows of --out into the model's invrev.json")
+    p.set_defaults(func=_sweep)
     p = wsub.add_parser("ship", help="install a pretrained model as the embedded default, with its manifest")
     p.add_argument("--source", required=True, help="the model folder written by `invrev world pretrain`")
     p.add_argument("--dest", default=WORLD_MODEL)
@@ -161,18 +178,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="inv_reversion", help="sd, textual_inversion, reversion, inv_reversion, no_inverse, no_pos_weight, no_hf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=WORLD_MODEL, help="hub id or local folder (default: the embedded world model)")
-    p.add_argument("--recipe", choices=("world", "sd15"), help="defaults to use (default: world for the embedded model, else sd15)")
+    p.add_argument("--recipe", choices=("world", "sd15"), help="defaults to use (default: the model's invrev.json says; world for the world model and its copies, else sd15)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 50, guidance: float = 7.5) -> None:
-    p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
-    p.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance (default {guidance})")
-    p.add_argument("--scheduler", help="a diffusers scheduler class name (default: the model's own)")
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    model_own = "the model's recommendation in its invrev.json; SD 1.5: "
+    p.add_argument("--steps", type=int, help=f"denoising steps (default: {model_own}50)")
+    p.add_argument("--guidance", type=float, help=f"classifier-free guidance (default: {model_own}7.5)")
+    p.add_argument("--scheduler", help="a diffusers scheduler class name (default: the model's recommendation, else its own)")
 
 
 def _run_config(args):
     from invrev.config import make_config, parse_assignments
-    from invrev.models import resolve_model
+    from invrev.models import recipe_of, resolve_model
 
     if not (args.exemplars or args.relation):
         raise ValueError("give --relation NAME (under --data) or --exemplars FOLDER")
@@ -184,9 +202,9 @@ def _run_config(args):
         close = difflib.get_close_matches(args.relation, known, n=1)
         raise ValueError(f"--relation {args.relation!r}: no folder {exemplars}"
                          + (f"; did you mean {close[0]!r}?" if close else f"; relations there: {', '.join(known) or 'none'}"))
-    recipe = args.recipe or ("world" if args.model == WORLD_MODEL else "sd15")
+    recipe = args.recipe or recipe_of(args.model)
     overrides = {"model": args.model, "seed": args.seed}
-    if args.model == WORLD_MODEL:
+    if recipe == "world":
         from invrev.world.scene import config_overrides
 
         overrides.update(config_overrides(Path(exemplars).name))
@@ -318,6 +336,24 @@ def _report(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from invrev.world import release
+
+    settings = [{"guidance": g, "steps": n, "scheduler": args.scheduler, "guidance_rescale": r}
+                for n in args.steps for r in args.rescale for g in args.guidance]
+    rows = release.sweep(args.model, settings, args.pairs, args.samples)
+    if args.out:
+        out = Path(args.out)
+        rows = (json.loads(out.read_text()) if out.is_file() else []) + rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(release.format_sweep(rows))
+    if args.write_model:
+        chosen = release.write_sampling(args.model, rows)
+        print(f"wrote {chosen} into {args.model}/invrev.json")
+    return 0
+
+
 def _ship(args) -> int:
     from invrev.world import release
 
@@ -330,7 +366,9 @@ def _pretrain(args) -> int:
     from invrev.world import pretrain
 
     config = pretrain.PretrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
-                                     learning_rate=args.learning_rate, seed=args.seed, workers=args.workers)
+                                     learning_rate=args.learning_rate, seed=args.seed, workers=args.workers,
+                                     init_from=args.init_from, unnamed_share=args.unnamed_share,
+                                     handle_share=args.handle_share, eval_every=args.eval_every, ema_decay=args.ema_decay)
     out = pretrain.pretrain(args.out, config, resume=not args.fresh)
     print(f"model written to {out}")
     return 0

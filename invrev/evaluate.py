@@ -38,12 +38,16 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>", 
     """The relation's held-out (A, B) pairs as prompts: "A <r> B", or "A <words> B" for ``sd``.
 
     ``split="seen"`` takes pairs of different shapes that pretraining saw instead (the held-out
-    pairs are all same-shape; see ``benchmark.is_held_out``)."""
+    pairs are all same-shape; see ``benchmark.is_held_out``); ``split="validation"`` the pairs
+    settings and recipes are chosen on (``benchmark.validation_pairs``)."""
     from invrev.world import benchmark, captions, scene
 
     if relation not in scene.RELATIONS:
         raise ValueError(f"relation {relation!r} is not in the world benchmark; choose from {sorted(scene.RELATIONS)}")
-    pairs = benchmark.test_pairs(relation, n) if split == "held_out" else benchmark.seen_pairs(relation, n)
+    choose = {"held_out": benchmark.test_pairs, "seen": benchmark.seen_pairs, "validation": benchmark.validation_pairs}
+    if split not in choose:
+        raise ValueError(f"split={split!r}: choose from {sorted(choose)}")
+    pairs = choose[split](relation, n)
     out = []
     for a, b in pairs:
         words = scene.RELATIONS[relation].words if variant == "sd" else placeholder
@@ -54,7 +58,7 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>", 
 def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | None, *, seed: int = 0,
              prompts: int = 20, samples: int = 4, steps: int | None = None, guidance: float | None = None,
              scheduler: str | None = None, out: str | Path | None = None, components=None,
-             seen_prompts: int = 0) -> dict:
+             seen_prompts: int = 0, split: str = "held_out") -> dict:
     """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``.
 
     Sampling settings left None are the model's recommendation (``invrev.json``); the summary
@@ -69,7 +73,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
         if run_folder is None:
             raise ValueError(f"variant {variant!r} needs --embeddings RUN_FOLDER (only sd uses words)")
         generate.load_run_tokens(components, run_folder)
-    items = test_prompts(relation, variant, prompts)
+    items = test_prompts(relation, variant, prompts, split=split)
     seen = test_prompts(relation, variant, seen_prompts, split="seen") if seen_prompts else []
     texts = [it["prompt"] for it in items + seen for _ in range(samples)]
     seeds = [seed * 100_000 + i * 100 + k for i in range(len(items)) for k in range(samples)]
@@ -86,7 +90,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     summary = summarise(records)
     if seen_records:
         summary["seen"] = summarise(seen_records)
-    summary.update(relation=relation, variant=variant, seed=seed, model=model, steps=steps, guidance=guidance,
+    summary.update(relation=relation, variant=variant, seed=seed, model=model, split=split, steps=steps, guidance=guidance,
                    scheduler=scheduler or components.scheduler_config["_class_name"],
                    model_fingerprint=runs.model_fingerprint(model))
     result = {"summary": summary, "images": records, **({"seen_images": seen_records} if seen_records else {})}

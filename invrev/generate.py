@@ -34,13 +34,15 @@ def generate(
     scheduler: str | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    guidance_rescale: float | None = None,
 ) -> list[np.ndarray]:
     """One image per (prompt, seed): classifier-free guidance with the empty prompt, as SD 1.5.
 
     The initial noise of image i comes from ``torch.Generator().manual_seed(seeds[i])`` on the CPU,
     so an image depends on its own seed only, not on the batch it was drawn in or the device.
-    ``steps``, ``guidance`` and ``scheduler`` left None take the model's recommended settings
-    (``components.sampling``: the world model's own, else ReVersion's 50 steps at guidance 7.5).
+    ``steps``, ``guidance``, ``scheduler`` and ``guidance_rescale`` left None take the model's
+    recommended settings (``components.sampling``: the world model's own, else ReVersion's 50 steps
+    at guidance 7.5, the shipped scheduler, no rescale).
     Returns uint8 [H, W, 3].
     """
     if len(prompts) != len(seeds):
@@ -48,11 +50,12 @@ def generate(
     steps, guidance, scheduler = resolve_sampling(components, steps, guidance, scheduler)
     if steps < 1 or not math.isfinite(guidance):
         raise GenerateError(f"steps={steps}, guidance={guidance}: give at least 1 denoising step (--steps) and a finite guidance")
+    rescale = components.sampling.get("guidance_rescale", 0.0) if guidance_rescale is None else guidance_rescale
     out = []
     chunks = range(0, len(prompts), batch_size)
     for start in tqdm(chunks, disable=not progress, desc="generating", unit="batch"):
         batch = slice(start, start + batch_size)
-        out.extend(_sample(components, prompts[batch], seeds[batch], steps, guidance, scheduler))
+        out.extend(_sample(components, prompts[batch], seeds[batch], steps, guidance, scheduler, rescale))
     return out
 
 
@@ -64,7 +67,7 @@ def resolve_sampling(components: Components, steps: int | None = None, guidance:
             own["scheduler"] if scheduler is None else scheduler)
 
 
-def _sample(components, prompts, seeds, steps, guidance, scheduler_name):
+def _sample(components, prompts, seeds, steps, guidance, scheduler_name, rescale=0.0):
     sched = components.inference_scheduler(scheduler_name)
     sched.set_timesteps(steps, device=components.device)
     unet = components.unet
@@ -80,6 +83,10 @@ def _sample(components, prompts, seeds, steps, guidance, scheduler_name):
         inp = sched.scale_model_input(torch.cat([x, x]), t)
         pred_uncond, pred_cond = unet(inp.to(dtype), t, states).sample.float().chunk(2)
         pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        if rescale:  # Lin et al. 2024, Eq. 15-16: bring the guided prediction's spread back to the conditional one's
+            dims = tuple(range(1, pred.ndim))
+            fixed = pred * (pred_cond.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
+            pred = rescale * fixed + (1 - rescale) * pred
         x = sched.step(pred, t, x).prev_sample
     images = components.codec.decode(x)
     return [((img.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for img in images]

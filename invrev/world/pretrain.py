@@ -101,7 +101,9 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
     folder.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.init_from:
-        tokenizer, text_encoder, unet, scheduler, world = warm_start(config.init_from, folder / "model")
+        # A resume keeps the tokenizer its checkpoint was made with (the word lists may have grown since).
+        kept = folder / "tokenizer" if resume and (folder / "checkpoint.pt").is_file() else None
+        tokenizer, text_encoder, unet, scheduler, world = warm_start(config.init_from, folder, kept)
     else:
         tokenizer, text_encoder, unet, scheduler = model.build(folder / "model", world, config.seed)
     text_encoder.to(device).train()
@@ -195,6 +197,8 @@ def export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world,
     """Save the EMA weights with ``save_pretrained`` into ``folder/name``."""
     text_encoder, unet = _ema_copies(text_encoder, unet, ema)
     out = folder / name
+    if config.init_from:  # words the lists gained during a run: single tokens, rows from "and"
+        tokenizer = grow_vocabulary(tokenizer, text_encoder, out / "tokenizer")
     provenance = {
         "pretrain": asdict(config), "steps": step, "wall_seconds": round(seconds, 1),
         "hardware": runs.device_name(device),
@@ -216,29 +220,40 @@ def _provenance_of(source: str) -> dict:
     return {k: v for k, v in info.items() if k not in ("latent", "world_model")}
 
 
-def warm_start(source: str, out: Path):
+def warm_start(source: str, out: Path, tokenizer_folder: Path | None = None):
     """A shipped model's components, ready to train on: fp32, the tokenizer extended with the words
-    of :func:`model.vocabulary` it lacks (old ids unchanged), new embedding rows copied from "and"."""
+    of :func:`model.vocabulary` it lacks (old ids unchanged; or the tokenizer in ``tokenizer_folder``,
+    on a resume), new embedding rows copied from "and"."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from invrev.tokenizer import extend_tokenizer
 
     src = models.resolve_model(source)
     meta = json.loads((Path(src) / "invrev.json").read_text())
     world = model.WorldModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["world_model"].items()})
-    tokenizer, new = extend_tokenizer(CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"), model.vocabulary(),
-                                      out / "tokenizer")
+    if tokenizer_folder is not None:
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=torch.float32)
-    rows = text_encoder.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        text_encoder.resize_token_embeddings(len(tokenizer))
-        with torch.no_grad():
-            table = text_encoder.get_input_embeddings().weight
-            table[rows:] = table[tokenizer.convert_tokens_to_ids("and</w>")]
+    tokenizer = grow_vocabulary(tokenizer, text_encoder, out / "tokenizer", words=None if tokenizer_folder is None else [])
     unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=torch.float32)
     scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
     return tokenizer, text_encoder, unet, scheduler, world
+
+
+def grow_vocabulary(tokenizer, text_encoder, folder: Path, words: list[str] | None = None):
+    """``tokenizer`` extended with ``words`` (default: :func:`model.vocabulary`) it lacks, saved to
+    ``folder``, every old id kept; the text encoder gets a row per new token, copied from "and"."""
+    from invrev.tokenizer import extend_tokenizer
+
+    tokenizer, _ = extend_tokenizer(tokenizer, model.vocabulary() if words is None else words, folder)
+    rows = text_encoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            table = text_encoder.get_input_embeddings().weight
+            table[rows:] = table[tokenizer.convert_tokens_to_ids("and</w>")]
+    return tokenizer
 
 
 def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds,

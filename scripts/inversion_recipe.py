@@ -1,0 +1,61 @@
+"""Check the world's inversion recipe on one relation's validation pairs (never its test prompts).
+
+Each candidate is a set of config overrides on the world recipe; every candidate trains the same
+variant with the same seed and is scored on ``benchmark.validation_pairs``. Prints a table and
+writes it as JSON, so the choice of recipe and its evidence live in the repository.
+
+    python scripts/inversion_recipe.py --relation hug --out docs/inversion_recipe.json \
+        --candidate "" --candidate "steps=300" --candidate "learning_rate=0.005"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from invrev import evaluate, trainer
+from invrev.config import make_config, parse_assignments
+from invrev.models import REPO_ROOT, load_components_cached
+from invrev.world.scene import config_overrides
+
+MODEL = "data/world/model"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--relation", required=True)
+    p.add_argument("--variant", default="inv_reversion")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidate", action="append", default=[], help='space-separated KEY=VALUE overrides ("" = the recipe)')
+    p.add_argument("--pairs", type=int, default=20)
+    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--out", help="JSON file for the rows")
+    args = p.parse_args(argv)
+    components = load_components_cached(MODEL, "local")
+    rows = []
+    for candidate in args.candidate or [""]:
+        overrides = parse_assignments(candidate.split())
+        config = make_config(REPO_ROOT / "data/world/benchmark" / args.relation, args.variant, "world", seed=args.seed,
+                             **{**config_overrides(args.relation), **overrides})
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            folder = trainer.train(config, Path(tmp) / "run", components=components, progress=False)
+            seconds = time.perf_counter() - start
+            s = evaluate.evaluate(MODEL, args.relation, args.variant, folder, seed=args.seed, prompts=args.pairs,
+                                  samples=args.samples, components=components, split="validation")["summary"]
+        row = {"candidate": candidate or "(recipe)", "train_seconds": round(seconds, 1), "n": s["n"],
+               **{k: round(s[k], 3) for k in ("entity_accuracy", "relation_accuracy", "fusion_rate")}}
+        rows.append(row)
+        print(f"{row['candidate']:<40} relation {row['relation_accuracy']:.2f}  entity {row['entity_accuracy']:.2f}  "
+              f"fusion {row['fusion_rate']:.2f}  n={row['n']}  train {row['train_seconds']} s", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"relation": args.relation, "variant": args.variant, "seed": args.seed,
+                                              "split": "validation", "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
