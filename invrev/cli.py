@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="the main job: train one relation on the embedded world and draw a grid")
-    p.add_argument("--relation", default="wrapped_in", help="an unnamed relation by default: only inversion can find it")
+    p.add_argument("--relation", default="painted_on", help="an unnamed relation by default: its words do not draw it")
+    p.add_argument("--model", default=WORLD_MODEL, help="a world model folder (default: the embedded one)")
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_demo)
 
@@ -266,21 +267,9 @@ def _evaluate(args) -> int:
 
 
 def _demo(args) -> int:
-    from invrev import evaluate, runs, trainer
-    from invrev.config import make_config
-    from invrev.world.scene import config_overrides
+    from invrev import demo
 
-    out = Path(args.out)
-    config = make_config(resolve_data(BENCHMARK) / args.relation, "inv_reversion", "world", seed=0,
-                         **config_overrides(args.relation))
-    folder = runs.run_dir(out / "runs", args.relation, "inv_reversion", 0)
-    trainer.train(config, folder, resume=True)
-    metrics = evaluate.evaluate(config.model, args.relation, "inv_reversion", folder, seed=0, out=folder / "eval")
-    base = evaluate.evaluate(config.model, args.relation, "sd", None, seed=0, out=out / "sd_baseline")
-    s, b = metrics["summary"], base["summary"]
-    print(f"\nrelation {args.relation!r}: relation accuracy {s['relation_accuracy']:.2f} with the learned <r> "
-          f"vs {b['relation_accuracy']:.2f} in words (sd); entity accuracy {s['entity_accuracy']:.2f} vs {b['entity_accuracy']:.2f}")
-    print(f"learned tokens: {folder / 'learned'}\ngrid: {folder / 'eval' / 'grid.png'}\nmetrics: {folder / 'eval' / 'metrics.json'}")
+    demo.run(args.relation, args.out, resolve_data(BENCHMARK), args.model)
     return 0
 
 

@@ -58,12 +58,13 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>", 
 def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | None, *, seed: int = 0,
              prompts: int = 20, samples: int = 4, steps: int | None = None, guidance: float | None = None,
              scheduler: str | None = None, out: str | Path | None = None, components=None,
-             seen_prompts: int = 0, split: str = "held_out") -> dict:
+             seen_prompts: int = 0, split: str = "held_out", progress: bool = False, keep_images: bool = False) -> dict:
     """Generate ``prompts`` × ``samples`` images and score them; write metrics.json and grid.png to ``out``.
 
     Sampling settings left None are the model's recommendation (``invrev.json``); the summary
     records the ones used. ``seen_prompts`` > 0 also scores that many seen different-shape pairs
-    (``summary["seen"]``), the view the same-shape held-out pairs cannot give."""
+    (``summary["seen"]``), the view the same-shape held-out pairs cannot give. ``keep_images``
+    returns the (held-out) images too, as ``image_arrays``."""
     from invrev.world import scorer
 
     if components is None:
@@ -78,7 +79,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     texts = [it["prompt"] for it in items + seen for _ in range(samples)]
     seeds = [seed * 100_000 + i * 100 + k for i in range(len(items)) for k in range(samples)]
     seeds += [seed * 100_000 + 50_000 + i * 100 + k for i in range(len(seen)) for k in range(samples)]
-    images = generate.generate(components, texts, seeds, steps, guidance, scheduler)
+    images = generate.generate(components, texts, seeds, steps, guidance, scheduler, progress=progress)
     records = []
     for i, image in enumerate(images):
         item = (items + seen)[i // samples]
@@ -98,6 +99,8 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
         out = Path(out)
         runs.atomic_write_json(out / "metrics.json", result)
         generate.grid(images[: samples * min(8, len(items))], samples * 2).save(out / "grid.png")  # 1:1; viewers upscale
+    if keep_images:
+        result["image_arrays"] = images
     return result
 
 

@@ -41,3 +41,15 @@ def test_every_variant_trains_and_evaluates(variant, world, tmp_path):
     assert (folder / "eval" / "grid.png").is_file()
     prompts = [r["prompt"] for r in result["images"]]
     assert all(("<r>" in p) == (variant != "sd") for p in prompts)
+
+
+def test_demo_draws_words_and_the_learned_token_side_by_side(tmp_path, capsys):
+    """The demo at toy size: one model load, a line per stage, both numbers, the labelled figure."""
+    from invrev import demo
+
+    result = demo.run("painted_on", tmp_path, BENCHMARK, WORLD_MODEL, steps=2, prompts=1, sampling_steps=2)
+    out = capsys.readouterr().out
+    assert out.count("loading the world model") == 1 and "learning <r>" in out and "] done" in out
+    assert "in words" in out and "with the learned <r>" in out
+    assert result["words"]["n"] == result["learned"]["n"] == demo.SAMPLES
+    assert (tmp_path / "demo.png").is_file() and (tmp_path / "runs" / "painted_on" / "inv_reversion" / "seed0" / "learned").is_dir()
