@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale", type=float, nargs="+", default=[0.0], help="guidance rescale values (default 0: off)")
     p.add_argument("--pairs", type=int, default=16, help="validation pairs per relation (default 16)")
     p.add_argument("--samples", type=int, default=1, help="images per pair (default 1)")
+    p.add_argument("--unnamed", action="store_true", help="also the five unnamed relations in words (default: named only)")
     p.add_argument("--out", help="a JSON file the rows are added to (sweeps of several schedulers add up)")
     p.add_argument("--write-model", action="store_true",
                    help="write the best setting over all rows of --out into the model's invrev.json")
@@ -330,7 +331,7 @@ def _sweep(args) -> int:
 
     settings = [{"guidance": g, "steps": n, "scheduler": args.scheduler, "guidance_rescale": r}
                 for n in args.steps for r in args.rescale for g in args.guidance]
-    rows = release.sweep(args.model, settings, args.pairs, args.samples)
+    rows = release.sweep(args.model, settings, args.pairs, args.samples, unnamed=args.unnamed)
     if args.out:
         out = Path(args.out)
         rows = (json.loads(out.read_text()) if out.is_file() else []) + rows

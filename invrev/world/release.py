@@ -55,14 +55,17 @@ GUIDANCES = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 
 def sweep(model: str, settings: list[dict], pairs: int = 16, samples: int = 1, seed: int = 0,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, unnamed: bool = False) -> list[dict]:
     """Each benchmark relation prompted in words on its validation pairs (never the test pairs),
     sampled with each of ``settings`` (dicts of guidance, steps, scheduler, guidance_rescale):
-    one row per setting and relation with hit counts, for :func:`format_sweep`."""
+    one row per setting and relation with hit counts, for :func:`format_sweep`. The five named
+    relations only, unless ``unnamed`` (their words should fail at any setting; the report checks
+    them at the chosen one)."""
     from invrev.world import benchmark, captions, scorer
 
     components = components_for_inference(model)
-    jobs = [(relation, a, b) for relation in sorted(scene.RELATIONS)
+    relations = sorted(r for r, info in scene.RELATIONS.items() if info.named or unnamed)
+    jobs = [(relation, a, b) for relation in relations
             for a, b in benchmark.validation_pairs(relation, pairs) for _ in range(samples)]
     prompts = [captions.relation_text(a, relation, b) for relation, a, b in jobs]
     seeds = [seed * 100_000 + 50_000 + i for i in range(len(jobs))]
@@ -140,6 +143,8 @@ def format_sweep(rows: list[dict]) -> str:
     from invrev.evaluate import wilson
 
     def cell(hits, n):
+        if n == 0:
+            return "–"
         lo, hi = wilson(hits, n)
         return f"{hits / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
@@ -181,6 +186,10 @@ def ship(source: str | Path, dest: str | Path = "data/world/model", prompts: int
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     rows = report(str(dest), prompts, samples)
+    warm = "warm_start" in json.loads((dest / "invrev.json").read_text())
+    for log in ("pretrain_log.csv", "eval_log.csv"):  # the training's logs, beside the model
+        if (source.parent / log).is_file():  # a warm start keeps the from-scratch run's log as it is
+            shutil.copy(source.parent / log, dest.parent / (("finetune_" + log.replace("pretrain_", "")) if warm else log))
     files = {str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     bench = dest.parent / "benchmark"
     files.update({str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(bench.rglob("*")) if p.is_file()})
