@@ -13,7 +13,7 @@ from pathlib import Path
 
 WORLD_MODEL = "data/world/model"  # invrev.models.WORLD_MODEL, repeated so that --help does not import torch
 BENCHMARK = "data/world/benchmark"
-RUN_NOTEBOOK = "notebooks/10_run.ipynb"  # invrev.batch.RUN_NOTEBOOK
+RUN_NOTEBOOK = "notebooks/10_run.ipynb"  # invrev.notebooks.RUN_NOTEBOOK
 
 EPILOG = """\
 start here:
@@ -191,12 +191,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args):
-    from invrev.config import make_config, parse_assignments
-    from invrev.models import recipe_of, resolve_model
+    from invrev.config import parse_assignments
+    from invrev.experiments import run_config
+    from invrev.runs import repo_path
 
     if not (args.exemplars or args.relation):
         raise ValueError("give --relation NAME (under --data) or --exemplars FOLDER")
-    exemplars = args.exemplars or str(Path(resolve_data(args.data)) / args.relation)
+    exemplars = args.exemplars or str(repo_path(args.data) / args.relation)
     if not args.exemplars and not Path(exemplars).is_dir():
         import difflib
 
@@ -204,22 +205,8 @@ def _run_config(args):
         close = difflib.get_close_matches(args.relation, known, n=1)
         raise ValueError(f"--relation {args.relation!r}: no folder {exemplars}"
                          + (f"; did you mean {close[0]!r}?" if close else f"; relations there: {', '.join(known) or 'none'}"))
-    recipe = args.recipe or recipe_of(args.model)
-    overrides = {"model": args.model, "seed": args.seed}
-    if recipe == "world":
-        from invrev.world.scene import config_overrides
-
-        overrides.update(config_overrides(Path(exemplars).name))
-    overrides.update(parse_assignments(getattr(args, "set", [])))
-    resolve_model(args.model)
-    return make_config(exemplars, args.variant, recipe, **overrides)
-
-
-def resolve_data(path: str) -> Path:
-    from invrev.models import REPO_ROOT
-
-    p = Path(path)
-    return p if p.exists() or p.is_absolute() else REPO_ROOT / p
+    given = {"model": args.model, "seed": args.seed, **parse_assignments(getattr(args, "set", []))}
+    return run_config(exemplars, args.variant, recipe=args.recipe, **given)
 
 
 def _train(args) -> int:
@@ -269,8 +256,9 @@ def _evaluate(args) -> int:
 
 def _demo(args) -> int:
     from invrev import demo
+    from invrev.runs import repo_path
 
-    demo.run(args.relation, args.out, resolve_data(BENCHMARK), args.model)
+    demo.run(args.relation, args.out, repo_path(BENCHMARK), args.model)
     return 0
 
 
@@ -293,9 +281,9 @@ def _collect(args) -> int:
 
 
 def _notebooks(args) -> int:
-    from invrev import batch
+    from invrev import notebooks
 
-    batch.run_notebooks(args.out, args.model)
+    notebooks.run_notebooks(args.out, args.model)
     return 0
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from invrev import evaluate, runs, trainer
-from invrev.config import make_config
-from invrev.world.scene import RELATIONS, config_overrides
+from invrev.experiments import run_config
+from invrev.world.scene import RELATIONS
 
 PROMPTS = 10  # held-out pairs per side; 4 images each
 SAMPLES = 4
@@ -34,8 +34,8 @@ def run(relation: str, out: str | Path, benchmark: Path, model: str, *, steps: i
 
     stage(f"loading the world model ({model})")
     components = evaluate.components_for_inference(model)
-    config = make_config(benchmark / relation, "inv_reversion", "world", seed=0, model=model, **config_overrides(relation),
-                         **({} if steps is None else {"steps": steps, "checkpoint_every": steps}))
+    config = run_config(benchmark / relation, "inv_reversion", model=model, seed=0, recipe="world",
+                        **({} if steps is None else {"steps": steps, "checkpoint_every": steps}))
     folder = runs.run_dir(out / "runs", relation, "inv_reversion", 0)
     stage(f"learning <r> for {relation!r} from {benchmark / relation} ({config.steps} steps x {config.batch_size})")
     trainer.train(config, folder, components=components, resume=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from invrev import generate, runs, text
+from invrev import generate, layout, runs, text
 from invrev.models import load_components
 
 METRICS = ("entity", "relation", "fusion")
@@ -77,8 +77,8 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     items = test_prompts(relation, variant, prompts, split=split)
     seen = test_prompts(relation, variant, seen_prompts, split="seen") if seen_prompts else []
     texts = [it["prompt"] for it in items + seen for _ in range(samples)]
-    seeds = [seed * 100_000 + i * 100 + k for i in range(len(items)) for k in range(samples)]
-    seeds += [seed * 100_000 + 50_000 + i * 100 + k for i in range(len(seen)) for k in range(samples)]
+    seeds = [layout.image_seed(seed, i, k) for i in range(len(items)) for k in range(samples)]
+    seeds += [layout.image_seed(seed, i, k, seen=True) for i in range(len(seen)) for k in range(samples)]
     images = generate.generate(components, texts, seeds, steps, guidance, scheduler, progress=progress)
     records = []
     for i, image in enumerate(images):
@@ -98,7 +98,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     if out is not None:
         out = Path(out)
         runs.atomic_write_json(out / "metrics.json", result)
-        generate.grid(images[: samples * min(8, len(items))], samples * 2).save(out / "grid.png")  # 1:1; viewers upscale
+        layout.eval_grid(images, samples).save(out / "grid.png")
     if keep_images:
         result["image_arrays"] = images
     return result

@@ -174,5 +174,12 @@ def grid(images: Sequence[np.ndarray], columns: int, scale: int = 1, pad: int = 
     canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), "white")
     for i, image in enumerate(images):
         tile = Image.fromarray(image).resize((w, h), Image.NEAREST)
-        canvas.paste(tile, (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+        canvas.paste(tile, grid_box(i, columns, (w, h), pad)[:2])
     return canvas
+
+
+def grid_box(index: int, columns: int, size: tuple[int, int], pad: int = 2) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of image ``index`` of a :func:`grid` of ``size`` = (w, h) images."""
+    w, h = size
+    x, y = pad + (index % columns) * (w + pad), pad + (index // columns) * (h + pad)
+    return x, y, x + w, y + h

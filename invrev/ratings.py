@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 from invrev.config import TABLE1, TABLE2, VARIANTS
 from invrev.evaluate import wilson
+from invrev.layout import image_seed, prompt_index
 
 CRITERIA = ("entity", "relation")
 INSTRUCTIONS = {  # what the paper asked its raters, for each criterion
@@ -45,16 +46,6 @@ def rank(scores: Mapping[str, float]) -> dict[str, float]:
     """Ranks 1..n with n = best (the paper's scale); tied scores share the mean of their ranks."""
     ordered = sorted(scores.values())
     return {k: statistics.fmean(i + 1 for i, s in enumerate(ordered) if s == v) for k, v in scores.items()}
-
-
-def image_seed(seed: int, index: int, sample: int = 0) -> int:
-    """The seed :func:`invrev.evaluate.evaluate` gives sample ``sample`` of held-out prompt ``index``."""
-    return seed * 100_000 + index * 100 + sample
-
-
-def prompt_index(image_seed_: int) -> int:
-    """Inverse of :func:`image_seed`: which held-out prompt an evaluated image belongs to."""
-    return (image_seed_ % 100_000) // 100
 
 
 # People's ratings ---------------------------------------------------------------------------------

@@ -16,13 +16,16 @@ import re
 import shutil
 from pathlib import Path
 
-from invrev import batch, runs
-from invrev.batch import BatchError, repo_path
+from invrev import layout, runs
 from invrev.config import VARIANTS
-from invrev.models import REPO_ROOT
+from invrev.notebooks import execute as execute_notebook
 
 RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
 RECORD_GRID_PROMPTS = 4  # the record keeps the grid rows of a run's first prompts (the book's side-by-side figures)
+class CollectError(ValueError):
+    """The runs or the record cannot be collected as asked; nothing was written."""
+
+
 RECORD = ("config.json", "manifest.json", "log.csv", "batch.json", "done.json", "eval/metrics.json", "eval/grid.png",
           "learned/r.safetensors", "learned/inv.safetensors")  # the learned tokens: the explorer and rating work on a clone
 
@@ -89,10 +92,10 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
     src, dest = Path(runs_root), Path(dest)
     found = load_runs(src)
     if not found:
-        raise BatchError(f"no evaluated runs under {src} (expected <relation>/<variant>/seed<k>/eval/metrics.json)")
+        raise CollectError(f"no evaluated runs under {src} (expected <relation>/<variant>/seed<k>/eval/metrics.json)")
     earlier = dest.is_dir() and any(dest.iterdir())
     if earlier and not (dest / "collected.json").is_file():
-        raise BatchError(f"{dest} exists and was not written by collect; choose an empty or new folder")
+        raise CollectError(f"{dest} exists and was not written by collect; choose an empty or new folder")
     names = {_name(run, src) for run in found}
     kept = [run for run in load_runs(dest) if _name(run, dest) not in names] if earlier and not replace else []
     _check_one_model(found, kept, src, dest)
@@ -131,8 +134,7 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(dest)
     if execute:
-        shown = dest.resolve().relative_to(REPO_ROOT) if dest.resolve().is_relative_to(REPO_ROOT) else dest.resolve()
-        batch.execute(repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": str(shown)})
+        execute_notebook(runs.repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": runs.repo_relative(dest)})
     return dest
 
 
@@ -158,8 +160,9 @@ def _example_run(found: list[dict], src: Path, staging: Path, dest: Path, earlie
 def without_machine_paths(notebook: Path) -> None:
     """Write an executed run notebook's absolute runs root as its last part (``runs``).
 
-    The batch hands papermill an absolute ``runs_root``, which the book would show as the folders
-    of the machine the batch ran on (in the injected parameters and in printed run folders)."""
+    The batch gives papermill a runs root inside the repository relative to it; one outside it stays
+    absolute, which the book would show as the folders of the machine the batch ran on (in the
+    injected parameters and in printed run folders)."""
     text = notebook.read_text()
     for root in set(re.findall(r'"runs_root": "(/[^"]+)"', text)):  # papermill's record of the parameters
         text = text.replace(root, Path(root).name)
@@ -176,7 +179,7 @@ def _check_one_model(found: list[dict], kept: list[dict], src: Path, dest: Path)
     for run in kept:
         old = run["summary"].get("model_fingerprint")
         if old is not None and new and old not in new:
-            raise BatchError(
+            raise CollectError(
                 f"{dest / _name(run, dest)} was evaluated on model {old}, the runs in {src} on {', '.join(sorted(new))}: "
                 f"one record must not mix models. Collect with --replace to start {dest} afresh from {src} "
                 f"(ratings.csv files are kept), or collect into another --dest")
@@ -209,13 +212,9 @@ def _copy_record(run: dict, out: Path) -> None:
                 shutil.copy2(run["folder"] / name, out / name)
 
 
-def _record_grid(run: dict, dest: Path, prompts: int = RECORD_GRID_PROMPTS, pad: int = 2) -> None:
-    """The rows of a run's ``eval/grid.png`` (``invrev.generate.grid`` layout: two prompts' samples a row)
-    that hold its first ``prompts`` prompts: what the book shows, at a fraction of the bytes."""
+def _record_grid(run: dict, dest: Path, prompts: int = RECORD_GRID_PROMPTS) -> None:
+    """The rows of a run's ``eval/grid.png`` that hold its first ``prompts`` prompts: what the book
+    shows, at a fraction of the bytes."""
     from PIL import Image
 
-    images = run["images"]
-    samples = next((i for i, image in enumerate(images) if image["prompt"] != images[0]["prompt"]), len(images))
-    grid = Image.open(run["grid"])
-    size = (grid.width - pad) // (2 * samples) - pad
-    grid.crop((0, 0, grid.width, min(grid.height, pad + -(-prompts // 2) * (size + pad)))).save(dest)
+    layout.grid_rows(Image.open(run["grid"]), layout.samples_per_prompt(run["images"]), prompts).save(dest)

@@ -21,6 +21,19 @@ from invrev.models import REPO_ROOT, ModelError, resolve_model
 PACKAGES = ("invrev", "torch", "diffusers", "transformers", "accelerate", "safetensors", "papermill")
 
 
+def repo_path(path: str | Path) -> Path:
+    """A path as given if it exists from here, else relative to the repository (as the notebooks run)."""
+    path = Path(path)
+    return path if path.exists() or path.is_absolute() else REPO_ROOT / path
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it (what notebooks, which run from there, are
+    given and records show), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def run_dir(root: str | Path, relation: str, variant: str, seed: int) -> Path:
     """``<root>/<relation>/<variant>/seed<k>``: ASCII, one folder per run."""
     return Path(root) / relation / variant / f"seed{seed}"
@@ -114,7 +127,8 @@ def versions() -> dict[str, str | None]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def write_manifest(folder: str | Path, **fields: Any) -> Path:
@@ -147,7 +161,7 @@ def _folder_hash(stats: tuple, root: str) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def trained_on(folder: str | Path) -> str | None:
+def recorded_fingerprint(folder: str | Path) -> str | None:
     """The model fingerprint a run folder's training recorded (``done.json``, else its checkpoint)."""
     folder = Path(folder)
     if (folder / "done.json").is_file():

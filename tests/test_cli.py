@@ -29,9 +29,9 @@ def test_help_and_argument_errors_do_not_load_torch():
 
 
 def test_the_command_line_defaults_are_the_packages():
-    from invrev import batch, models
+    from invrev import models, notebooks
 
-    assert (cli.WORLD_MODEL, cli.RUN_NOTEBOOK) == (models.WORLD_MODEL, batch.RUN_NOTEBOOK)
+    assert (cli.WORLD_MODEL, cli.RUN_NOTEBOOK) == (models.WORLD_MODEL, notebooks.RUN_NOTEBOOK)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

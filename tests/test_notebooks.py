@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from invrev import batch, cli, generate, ratings, record, runs
+from invrev import batch, cli, experiments, generate, layout, notebooks, ratings, record, runs
 from invrev.config import VARIANTS, make_config
 from invrev.models import REPO_ROOT, WORLD_MODEL
 
@@ -57,14 +57,14 @@ def test_committed_notebooks_carry_no_outputs():
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
         tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
-    assert {p.name for p in NOTEBOOKS} == set(batch.TINY), "every notebook needs tiny parameters in invrev.batch.TINY"
+    assert {p.name for p in NOTEBOOKS} == set(notebooks.TINY), "every notebook needs tiny parameters in invrev.notebooks.TINY"
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory, world_model):
     """Every notebook executed with its tiny parameters, as `invrev notebooks` (make notebooks) does."""
     out = tmp_path_factory.mktemp("notebooks")
-    batch.run_notebooks(out, world_model)
+    notebooks.run_notebooks(out, world_model)
     return out
 
 
@@ -74,7 +74,7 @@ def test_notebooks_run_on_a_local_kernel_without_tcp_warnings(tmp_path, capfd):
                                                nbformat.v4.new_code_cell("print(x + 1)")],
                                          metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
     nbformat.write(notebook, tmp_path / "in.ipynb")
-    batch.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {"x": 41})
+    notebooks.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {"x": 41})
     assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
 
@@ -104,7 +104,7 @@ def batch_runs(tmp_path_factory, world_model):
     """Two runs (sd and inv_reversion) through the run notebook, the trained one trained jointly first."""
     root = tmp_path_factory.mktemp("runs")
     experiment = {"relations": ["hanging_from"], "variants": ["sd", "inv_reversion"], "seeds": [0],
-                  "params": {**batch.TINY["10_run.ipynb"], "model": world_model}}
+                  "params": {**notebooks.TINY["10_run.ipynb"], "model": world_model}}
     result = batch.run_batch(experiment, root, joint=2)
     return experiment, root, result
 
@@ -124,8 +124,8 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
     assert again.done == [] and len(again.skipped) == 2 and (trained / "run.ipynb").stat().st_mtime_ns == stamp
     assert "skipped (complete, same config)" in capsys.readouterr().out
     # a changed parameter is a different run: it is not skipped
-    assert [j.name for j in batch.plan(batch.load_experiment(experiment), root, overrides={"steps": 3})
-            if not batch.is_done(j)] == ["hanging_from/sd/seed0", "hanging_from/inv_reversion/seed0"]
+    assert [j.name for j in experiments.plan(experiments.load_experiment(experiment), root, overrides={"steps": 3})
+            if not experiments.already_run(j)] == ["hanging_from/sd/seed0", "hanging_from/inv_reversion/seed0"]
 
 
 def test_batch_keeps_going_past_a_failure_and_exits_nonzero(tmp_path, monkeypatch, world_model, capsys):
@@ -147,46 +147,73 @@ def test_batch_keeps_going_past_a_failure_and_exits_nonzero(tmp_path, monkeypatc
 
 
 def test_experiments_are_validated_before_anything_runs(tmp_path, world_model):
-    with pytest.raises(batch.BatchError, match="did you mean 'inside'"):
-        batch.load_experiment({"relations": ["insde"], "variants": ["sd"], "seeds": [0]})
-    with pytest.raises(batch.BatchError, match="unknown variant 'revers'"):
-        batch.load_experiment({"relations": ["on"], "variants": ["revers"], "seeds": [0]})
-    with pytest.raises(batch.BatchError, match="quote it"):
-        batch.load_experiment({"relations": [True], "variants": ["sd"], "seeds": [0]})  # YAML's bare on
-    with pytest.raises(batch.BatchError, match="seeds"):
-        batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [None]})
-    with pytest.raises(batch.BatchError, match="unknown key 'seed'"):
-        batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seed": [0]})
-    ok = batch.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [0], "params": {"model": world_model}})
-    with pytest.raises(batch.BatchError, match="did you mean 'hf_sigma'"):
-        batch.plan(ok, tmp_path, overrides={"hf_sigm": 1.0})
-    with pytest.raises(batch.BatchError, match="must be int"):
-        batch.plan(ok, tmp_path, overrides={"steps": "many"})
-    with pytest.raises(batch.BatchError, match="lambda_verb"):
-        batch.plan(ok, tmp_path, overrides={"lambda_verb": 2.0})
-    with pytest.raises(batch.BatchError, match="model folder"):
-        batch.plan(ok, tmp_path, overrides={"model": "no/such/model/here"})
-    full = batch.load_experiment(REPO_ROOT / "experiments" / "full.yaml")
-    assert len(batch.plan(full, tmp_path, overrides={"model": world_model})) == 10 * 7 * 3
-    smoke = batch.load_experiment(REPO_ROOT / "experiments" / "smoke.yaml")
-    jobs = batch.plan(smoke, tmp_path, overrides={"model": world_model})
+    with pytest.raises(experiments.BatchError, match="did you mean 'inside'"):
+        experiments.load_experiment({"relations": ["insde"], "variants": ["sd"], "seeds": [0]})
+    with pytest.raises(experiments.BatchError, match="unknown variant 'revers'"):
+        experiments.load_experiment({"relations": ["on"], "variants": ["revers"], "seeds": [0]})
+    with pytest.raises(experiments.BatchError, match="quote it"):
+        experiments.load_experiment({"relations": [True], "variants": ["sd"], "seeds": [0]})  # YAML's bare on
+    with pytest.raises(experiments.BatchError, match="seeds"):
+        experiments.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [None]})
+    with pytest.raises(experiments.BatchError, match="unknown key 'seed'"):
+        experiments.load_experiment({"relations": ["on"], "variants": ["sd"], "seed": [0]})
+    ok = experiments.load_experiment({"relations": ["on"], "variants": ["sd"], "seeds": [0], "params": {"model": world_model}})
+    with pytest.raises(experiments.BatchError, match="did you mean 'hf_sigma'"):
+        experiments.plan(ok, tmp_path, overrides={"hf_sigm": 1.0})
+    with pytest.raises(experiments.BatchError, match="must be int"):
+        experiments.plan(ok, tmp_path, overrides={"steps": "many"})
+    with pytest.raises(experiments.BatchError, match="lambda_verb"):
+        experiments.plan(ok, tmp_path, overrides={"lambda_verb": 2.0})
+    with pytest.raises(experiments.BatchError, match="model folder"):
+        experiments.plan(ok, tmp_path, overrides={"model": "no/such/model/here"})
+    full = experiments.load_experiment(REPO_ROOT / "experiments" / "full.yaml")
+    assert len(experiments.plan(full, tmp_path, overrides={"model": world_model})) == 10 * 7 * 3
+    smoke = experiments.load_experiment(REPO_ROOT / "experiments" / "smoke.yaml")
+    jobs = experiments.plan(smoke, tmp_path, overrides={"model": world_model})
     assert len(jobs) == 7 and {j.variant for j in jobs} == set(VARIANTS)
     # runs trained on a model since replaced behind the same path: refused before anything runs, none lost
     stale = runs.run_dir(tmp_path, "on", "sd", 0)
     stale.mkdir(parents=True)
     (stale / "done.json").write_text(json.dumps({"steps": 0, "model_fingerprint": "sha256:an-older-model"}))
-    with pytest.raises(batch.BatchError, match="1 run folder.* another model.*new --runs"):
-        batch.plan(ok, tmp_path)
+    with pytest.raises(experiments.BatchError, match="1 run folder.* another model.*new --runs"):
+        experiments.plan(ok, tmp_path)
     assert (stale / "done.json").is_file()
 
 
-def test_run_config_is_the_notebooks(world_model):
-    """The batch's config for a run equals what notebook 10 builds (and what `invrev train` builds)."""
-    params = {**batch.notebook_parameters(), "model": world_model}
-    config = batch.run_config(params)
-    assert config.relation == params["relation"] and config.variant == params["variant"]
-    assert config.lambda_verb == 0.3 and config.relation_words == "hanging from"  # the relation's own
-    assert batch.run_config({**params, "lambda_verb": 0.9}).lambda_verb == 0.9
+def _run_notebook_config(params: dict):
+    """Execute notebook 10's config cell (the one after its parameters) with ``params`` as its
+    parameters, as papermill would; return the config it builds."""
+    code = [c for c in nbformat.read(REPO_ROOT / notebooks.RUN_NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    cell = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])) + 1
+    namespace = dict(params)
+    exec(compile(code[cell].source, "10_run.ipynb config cell", "exec"), namespace)
+    return namespace["config"]
+
+
+def test_one_run_config_for_notebook_batch_and_cli(world_model, tmp_path, capsys):
+    """Notebook 10's config cell, the batch's plan and `invrev train` build the same config, through
+    experiments.run_config; lambda_verb None is the relation's own."""
+    from invrev.world.scene import RELATIONS
+
+    defaults = {**notebooks.notebook_parameters(), "model": world_model}
+    assert defaults["lambda_verb"] is None
+    for change in ({}, {"lambda_verb": 0.9}, {"relation": "on", "variant": "reversion", "seed": 3, "steps": 7},
+                   {"variant": "sd", "hf_sigma": 1.5}):
+        params = {**defaults, **change}
+        config = _run_notebook_config(params)
+        relation = RELATIONS[params["relation"]]
+        assert config.lambda_verb == change.get("lambda_verb", relation.lambda_verb)
+        assert config.relation_words == relation.words and config.steps == params["steps"]
+        experiment = {"relations": [params["relation"]], "variants": [params["variant"]], "seeds": [params["seed"]],
+                      "params": {k: v for k, v in change.items() if k not in experiments.PER_RUN} | {"model": world_model}}
+        [job] = experiments.plan(experiments.load_experiment(experiment), tmp_path)
+        assert job.config_json == config.to_json()
+        sets = [f"--set={k}={json.dumps(params[k])}" for k in ("steps", "batch_size", "learning_rate", "hf_sigma")]
+        sets += [f"--set=lambda_verb={params['lambda_verb']}"] if params["lambda_verb"] is not None else []
+        args = cli._parser().parse_args(["train", "--relation", params["relation"], "--data", params["data_root"],
+                                         "--variant", params["variant"], "--seed", str(params["seed"]),
+                                         "--model", world_model, *sets])
+        assert cli._run_config(args) == config
 
 
 def _fake_runs(root, relations=("on", "inside"), seeds=(0, 1), prompts=4, samples=2):
@@ -201,7 +228,7 @@ def _fake_runs(root, relations=("on", "inside"), seeds=(0, 1), prompts=4, sample
                 runs.atomic_write_json(folder / "manifest.json", {"train_seconds": 1.5, "device": "cpu"})
                 runs.atomic_write_json(folder / "done.json", {"steps": config.steps})
                 (folder / "log.csv").write_text("step,loss,denoise,control,lr,seconds\n1,0.5,0.5,0.0,0.02,0.1\n")
-                images = [{"prompt": f"a red circle <r> a blue square {i}", "seed": ratings.image_seed(seed, i, k),
+                images = [{"prompt": f"a red circle <r> a blue square {i}", "seed": layout.image_seed(seed, i, k),
                            "entity": bool(rng.random() < 0.5), "relation": bool(rng.random() < strength / 8), "fusion": False}
                           for i in range(prompts) for k in range(samples)]
                 summary = {"n": len(images), "steps": 25, "guidance": 4.0, "seed": seed, "model": WORLD_MODEL,
@@ -237,7 +264,7 @@ def test_collect_and_the_results_notebook(tmp_path):
     # a folder that collect did not write is never replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(batch.BatchError, match="not written by collect"):
+    with pytest.raises(record.CollectError, match="not written by collect"):
         record.collect(source, tmp_path / "mine", execute=False)
 
 
@@ -292,7 +319,7 @@ def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
         data["summary"]["model_fingerprint"] = "sha256:first"
         metrics.write_text(json.dumps(data))
     before = sorted(p.relative_to(dest) for p in dest.rglob("*"))
-    with pytest.raises(batch.BatchError, match=r"evaluated on model sha256:first.*--replace"):
+    with pytest.raises(record.CollectError, match=r"evaluated on model sha256:first.*--replace"):
         record.collect(other, dest, execute=False)
     assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == before
     record.collect(other, dest, replace=True, execute=False)
@@ -324,7 +351,7 @@ def test_an_interrupted_collect_leaves_the_earlier_record(tmp_path, monkeypatch)
 def test_the_record_keeps_the_grid_rows_the_book_shows(tmp_path):
     tiles = [np.full((32, 32, 3), 10 * i, dtype=np.uint8) for i in range(16)]  # 8 prompts x 2 samples
     generate.grid(tiles, 4).save(tmp_path / "grid.png")
-    images = [{"prompt": f"prompt {i}"} for i in range(8) for _ in range(2)]
+    images = [{"prompt": f"prompt {i}", "seed": layout.image_seed(0, i, k)} for i in range(8) for k in range(2)]
     record._record_grid({"images": images, "grid": tmp_path / "grid.png"}, tmp_path / "kept.png")
     from PIL import Image
 

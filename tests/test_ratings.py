@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from invrev import ratings
+from invrev import layout, ratings
 from invrev.config import TABLE1, TABLE2, VARIANTS
 
 
@@ -17,10 +17,23 @@ def test_rank_is_the_papers_scale_with_ties_averaged():
     assert set(ratings.rank(dict.fromkeys("abcd", 0.0)).values()) == {2.5}
 
 
-def test_image_seed_matches_evaluate_and_inverts():
-    # evaluate.evaluate: seeds = seed * 100_000 + i * 100 + k
-    assert ratings.image_seed(2, 7, 3) == 200_703
-    assert ratings.prompt_index(ratings.image_seed(2, 7, 3)) == 7
+def test_image_seeds_and_grid_cells_invert():
+    """The evaluation layout read back: an image's seed gives its prompt, a grid cell gives its image."""
+    import numpy as np
+
+    assert layout.image_seed(2, 7, 3) == 200_703 and layout.image_seed(2, 7, 3, seen=True) == 250_703
+    assert layout.prompt_index(layout.image_seed(2, 7, 3)) == 7
+    samples, prompts = 3, 10
+    images = [np.full((6, 6, 3), 10 * i + k, dtype=np.uint8) for i in range(prompts) for k in range(samples)]
+    records = [{"seed": layout.image_seed(1, i, k)} for i in range(prompts) for k in range(samples)]
+    assert layout.samples_per_prompt(records) == samples
+    grid = layout.eval_grid(images, samples)
+    assert grid.size == (2 + 6 * 8, 2 + 4 * 8)  # 6 columns: 2 prompts x 3 samples; 4 rows: the first 8 prompts
+    for index in range(layout.GRID_PROMPTS):
+        for k in range(samples):
+            assert np.array_equal(np.asarray(layout.grid_tile(grid, samples, index, k)), images[index * samples + k])
+    assert layout.grid_tile(grid, samples, layout.GRID_PROMPTS) is None  # scored, not shown
+    assert np.array_equal(np.asarray(layout.grid_rows(grid, samples, 3)), np.asarray(grid)[: 2 + 2 * 8])
 
 
 def test_a_person_rates_two_sets_and_the_average_user_rank_is_their_mean(tmp_path):
@@ -120,7 +133,7 @@ def test_rating_is_blind_until_the_rater_finishes_and_a_set_is_saved_once(tmp_pa
 
 def _run(relation, variant, seed, hits_per_prompt, criterion="relation", samples=2):
     """A fake evaluated run: prompt i has ``hits_per_prompt[i]`` of ``samples`` images passing."""
-    images = [{"seed": ratings.image_seed(seed, i, k), "prompt": f"p{i}", "entity": k < hits, "relation": k < hits}
+    images = [{"seed": layout.image_seed(seed, i, k), "prompt": f"p{i}", "entity": k < hits, "relation": k < hits}
               for i, hits in enumerate(hits_per_prompt) for k in range(samples)]
     return {"relation": relation, "variant": variant, "seed": seed, "images": images}
 
