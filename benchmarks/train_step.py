@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import resource
@@ -271,6 +272,7 @@ class Bench:
         self.components = build_components(scale, workdir, self.device)
         self.resolution = SCALES[scale]["resolution"]
         self.exemplars = write_data(workdir / "data" / "inside", self.resolution)
+        self.speed = trainer.Speed()
         self._calls = 0
 
     def config(self, **changes) -> TrainConfig:
@@ -288,7 +290,8 @@ class Bench:
         folders = [self.workdir / "runs" / f"call{self._calls}" / f"run{i}" for i in range(len(configs))]
         _sync(self.device)
         tick = time.perf_counter()
-        trainer.train_many([c.replace(steps=steps) for c in configs], folders, components=self.components, progress=False)
+        trainer.train_many([c.replace(steps=steps) for c in configs], folders, components=self.components,
+                           progress=False, speed=self.speed)
         _sync(self.device)
         return time.perf_counter() - tick, folders
 
@@ -345,34 +348,9 @@ def time_runs(bench: Bench, name: str, kind: str, k: int, count_flops: bool = Tr
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation toggles: each context manager puts the single-run step in the *non-default* state
-# and yields config changes; it restores the default on exit.
-
-
-class EncodeEveryStep(torch.nn.Module):
-    """The UNet preceded by a VAE encode of as many exemplars as the UNet gets samples.
-
-    Emulates "no latent cache": the trainer encodes once, so the ablation adds the reference's
-    per-step VAE forward in front of the UNet (same FLOPs; the result is not used).
-    """
-
-    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, images: torch.Tensor):
-        super().__init__()
-        self.unet, self.vae = unet, vae
-        self.register_buffer("images", images)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
-        with torch.no_grad():
-            idx = torch.arange(sample.shape[0], device=sample.device) % len(self.images)
-            self.vae.encode(self.images[idx].to(self.vae.dtype)).latent_dist.sample()
-        return self.unet(sample, timestep, encoder_hidden_states, **kwargs)
+# and yields config changes; it restores the default on exit. Each switches a documented option: a
+# config field, a trainer ``Speed`` option, a torch.backends flag, or a diffusers/torch setting of
+# the model the benchmark passes in (``components=``; the trainer uses it as given).
 
 
 @contextlib.contextmanager
@@ -381,8 +359,19 @@ def _flip_bf16(bench: Bench):
 
 
 @contextlib.contextmanager
+def _speed(bench: Bench, **changes):
+    """Switch documented trainer options (``invrev.trainer.Speed``) for the duration."""
+    before = bench.speed
+    bench.speed = dataclasses.replace(before, **changes)
+    try:
+        yield {}
+    finally:
+        bench.speed = before
+
+
+@contextlib.contextmanager
 def _setting(owner, name: str, value):
-    """Set a global (a ``torch.backends`` flag, a class the trainer looks up) for the duration."""
+    """Set a ``torch.backends`` flag for the duration."""
     before = getattr(owner, name)
     setattr(owner, name, value)
     try:
@@ -419,15 +408,8 @@ def _flip_frozen(bench: Bench):
         unet.zero_grad(set_to_none=True)
 
 
-@contextlib.contextmanager
 def _flip_cache(bench: Bench):
-    unet = bench.components.unet
-    images = to_tensor(load_exemplars(bench.exemplars).images, bench.resolution).to(bench.device)
-    bench.components.unet = EncodeEveryStep(unet, bench.components.codec.vae, images)
-    try:
-        yield {}
-    finally:
-        bench.components.unet = unet
+    return _speed(bench, cache_latents=False)
 
 
 @contextlib.contextmanager
@@ -440,21 +422,17 @@ def _flip_channels_last(bench: Bench):
 
 
 def _flip_fused_adamw(bench: Bench):
-    # The trainer hard-codes fused=True on CUDA and calls torch.optim.AdamW: swap that for the duration.
-    adamw = torch.optim.AdamW
-    return _setting(torch.optim, "AdamW", lambda *args, **kwargs: adamw(*args, **{**kwargs, "fused": False}))
+    return _speed(bench, fused_adamw=False)
 
 
-def _flip_compile(mode: str | None):
+def _flip_compile(mode: str):
     @contextlib.contextmanager
     def flip(bench: Bench):
-        unet = bench.components.unet
-        bench.components.unet = torch.compile(unet, mode=mode)
-        try:
-            yield {}
-        finally:
-            bench.components.unet = unet
-            torch._dynamo.reset()
+        with _speed(bench, compile_unet=mode):
+            try:
+                yield {}
+            finally:
+                torch._dynamo.reset()
 
     return flip
 
@@ -478,7 +456,7 @@ TOGGLES = (
     Toggle("cache", "cached latents", _flip_cache, True, same_flops=False),
     Toggle("channels_last", "channels-last", _flip_channels_last, False),
     Toggle("fused_adamw", "fused AdamW", _flip_fused_adamw, True, cuda_only=True),
-    Toggle("compile", "torch.compile(unet)", _flip_compile(None), False, cuda_only=True),
+    Toggle("compile", "torch.compile(unet)", _flip_compile("default"), False, cuda_only=True),
     Toggle("cudagraphs", "CUDA graphs (compile, reduce-overhead)", _flip_compile("reduce-overhead"), False, cuda_only=True),
 )
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from invrev import batch, embeddings, generate, runs, trainer
+from invrev import batch, embeddings, generate, run_state, runs, trainer
 from invrev.cli import main
 from invrev.config import ConfigError, TrainConfig
 from invrev.data import DataError, load_exemplars
@@ -265,8 +265,8 @@ def _(ctx):
     data = shutil.copytree(ctx.data, ctx.tmp / "inside")
     Image.new("RGB", (4000, 4000), (200, 30, 30)).save(data / "0.png")
     seen = []
-    original = trainer._cache_latents
-    ctx.monkeypatch.setattr(trainer, "_cache_latents", lambda c, e, *a: seen.extend(im.size for im in e.images) or original(c, e, *a))
+    original = run_state.encode_exemplars
+    ctx.monkeypatch.setattr(run_state, "encode_exemplars", lambda c, e, *a: seen.extend(im.size for im in e.images) or original(c, e, *a))
     config = TrainConfig.from_params({**ctx.params, "exemplars": str(data), "steps": 1})
     trainer.train(config, ctx.tmp / "run", components=ctx.components, progress=False)
     assert set(seen) == {(16, 16)}

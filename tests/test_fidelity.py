@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from invrev import trainer, words
+from invrev import steering, trainer, words
 from invrev.filters import gaussian_lowpass
 
 CAPTIONS = ["a cat <r> a dog", "the red bird <r> a carved stone at the tree"]
@@ -20,7 +20,7 @@ CAPTIONS = ["a cat <r> a dog", "the red bird <r> a carved stone at the tree"]
 
 def _setup(components, tiny_config, variant, seed=0):
     config = tiny_config(variant=variant, num_positives=4)
-    vocab = trainer._Vocabulary(components, [config.placeholder, config.inverse_placeholder])
+    vocab = steering.Vocabulary(components, [config.placeholder, config.inverse_placeholder])
     run_words = vocab.for_config(config)
     table = components.text_encoder.get_input_embeddings().weight.detach().double()
     g = torch.Generator().manual_seed(seed)
@@ -28,8 +28,8 @@ def _setup(components, tiny_config, variant, seed=0):
     run = SimpleNamespace(config=config, vectors=r.unsqueeze(0), words=run_words)
     tok = components.tokenizer
     ids = tok(CAPTIONS, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-    draw = trainer._Draw(CAPTIONS, None, None, None, trainer._choose(len(run_words.preposition_ids), 2, 4, g),
-                         trainer._choose(len(run_words.verb_ids), 2, 4, g), torch.zeros(2, 3, dtype=torch.long))
+    draw = steering.Picks(steering.choose(len(run_words.preposition_ids), 2, 4, g),
+                          steering.choose(len(run_words.verb_ids), 2, 4, g), torch.zeros(2, 3, dtype=torch.long))
     return config, vocab, run, ids, draw, table, r
 
 
@@ -55,7 +55,7 @@ def test_reversion_steer_loss_is_one_pooled_set_per_micro_batch(components, tiny
     positive_words = [_single_token(tok, preps)[i] for row in draw.prep.tolist() for i in row]
     rows = lambda ws: table[[tok.convert_tokens_to_ids(w + "</w>") for w in ws]]
     expected = _eq3(r.detach(), rows(positive_words), rows(negative_words), config.temperature)
-    ours = trainer._control_loss(run, ids, draw, table, vocab)
+    ours = steering.control_loss(config, r, run.words, ids, draw, table)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-12)
     # The per-caption mean this replaced is a different number.
     per_caption = [_eq3(r.detach(), rows(positive_words[4 * k:4 * k + 4]),
@@ -66,7 +66,7 @@ def test_reversion_steer_loss_is_one_pooled_set_per_micro_batch(components, tiny
 def test_inv_reversion_excludes_its_verbs_and_uses_its_own_lists(components, tiny_config):
     config, vocab, run, ids, draw, table, r = _setup(components, tiny_config, "inv_reversion")
     tok = components.tokenizer
-    negatives = trainer._negative_ids(ids, draw.vocab_neg, config, run.words).tolist()
+    negatives = steering.negative_ids(ids, draw.vocab_neg, config, run.words).tolist()
     assert tok.convert_ids_to_tokens(negatives) == ["cat</w>", "dog</w>", "red</w>", "bird</w>", "stone</w>", "tree</w>"]
     reversion = vocab.for_config(tiny_config(variant="reversion"))
     carved = tok.convert_tokens_to_ids("carved</w>")
@@ -77,14 +77,14 @@ def test_inv_reversion_excludes_its_verbs_and_uses_its_own_lists(components, tin
 
 def test_positives_are_drawn_without_replacement(components):
     g = torch.Generator().manual_seed(0)
-    picks = trainer._choose(10, 5000, 4, g)
+    picks = steering.choose(10, 5000, 4, g)
     assert all(len(set(row)) == 4 for row in picks.tolist())
     counts = torch.bincount(picks.flatten(), minlength=10).double() / picks.numel()
     assert torch.allclose(counts, torch.full((10,), 0.1, dtype=torch.float64), atol=0.01)
 
 
 def test_vocabulary_negatives_are_other_words(components, tiny_config):
-    vocab = trainer._Vocabulary(components, ["<r>", "<inv>"])
+    vocab = steering.Vocabulary(components, ["<r>", "<inv>"])
     listed = set(vocab.verbs).union(*(ids for lists in vocab.lists.values() for ids in lists.values()))
     pool = vocab.vocab_pool.tolist()
     assert pool and not set(pool) & (listed | vocab.special)
@@ -98,8 +98,7 @@ def test_latent_suppressor_acts_at_latent_scale(tiny_config):
     cells) barely changes x_t; hf_sigma_latent = 1 cell removes the latent's top octave."""
     config = tiny_config(hf_suppress="latent", resolution=512, batch_size=1)
     noisy = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
-    run = SimpleNamespace(config=config)
-    filtered = trainer._suppress_latent(noisy, [run])
+    filtered = trainer._suppress_latent(config, noisy)
     scaled = gaussian_lowpass(noisy, config.hf_sigma * 64 / 512)
     change = lambda x: ((x - noisy).norm() / noisy.norm()).item()
     assert change(scaled) < 0.01 and change(filtered) > 0.5

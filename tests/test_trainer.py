@@ -1,5 +1,6 @@
 """The training loop on the tiny SD-shaped pipeline: invariants, round trips, resume, multi-run."""
 
+import csv
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from safetensors.torch import load_file
 
 from invrev import embeddings, generate, trainer
 from invrev.config import VARIANTS
+from invrev.filters import gaussian_lowpass
 
 
 def _learned(folder):
@@ -67,9 +69,16 @@ def test_reversion_bin_loads_safely(tmp_path):
     path = tmp_path / "learned_embeds.bin"
     torch.save({"<R>": torch.arange(4.0)}, path)
     assert torch.equal(embeddings.load_learned([path])["<r>"], torch.arange(4.0))
-    torch.save({"<r>": object()}, tmp_path / "evil.bin")
+    ran = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (ran.touch, ())
+
+    torch.save({"<r>": Payload()}, tmp_path / "evil.bin")
     with pytest.raises(embeddings.TokenError, match="evil.bin: not a safe tensor file") as err:
         embeddings.load_learned([tmp_path / "evil.bin"])
+    assert not ran.exists()  # the pickle's code never ran
     assert "weights_only=False" not in str(err.value)  # torch's own advice would run the payload
 
 
@@ -117,21 +126,54 @@ def test_multi_run_equals_separate_runs(tiny_config, components, tmp_path):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_trains(variant, tiny_config, components, tmp_path):
-    folder = trainer.train(tiny_config(variant=variant, steps=2), tmp_path / variant, components=components, progress=False)
+    """What each variant must differ in: the tokens it learns, whether the control loss acts, the
+    logged total as Eq. 10 weighs it, and that no row of the table but its own tokens' moves."""
+    tok, text_encoder = components.tokenizer, components.text_encoder
+    before = text_encoder.get_input_embeddings().weight.detach().clone()
+    config = tiny_config(variant=variant, steps=2)
+    folder = trainer.train(config, tmp_path / variant, components=components, progress=False)
     assert (folder / "done.json").is_file()
-    learned = {p.name for p in (folder / "learned").glob("*")} if (folder / "learned").exists() else set()
-    expected = {"sd": set(), "textual_inversion": {"r.safetensors"}, "reversion": {"r.safetensors"},
-                "no_inverse": {"r.safetensors"}}.get(variant, {"r.safetensors", "inv.safetensors"})
-    assert learned == expected
+    learned = _learned(folder) if (folder / "learned").exists() else {}
+    assert set(learned) == (set() if not config.train else {"<r>", "<inv>"} if config.inverse else {"<r>"})
+    with open(folder / "log.csv", newline="") as handle:
+        log = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    assert len(log) == (2 if config.train else 0)
+    for row in log:
+        assert row["denoise"] > 0 and (row["control"] > 0) == (config.steer != "none")
+        assert row["loss"] == pytest.approx(config.lambda_denoise * row["denoise"] + config.lambda_control * row["control"])
+    ids = embeddings.use_learned(tok, text_encoder, learned) if learned else []
+    after = text_encoder.get_input_embeddings().weight.detach()
+    others = [i for i in range(before.shape[0]) if i not in ids]
+    assert torch.equal(after[others], before[others])
+    start = {"<r>": config.init_word, "<inv>": config.inverse_init_word}
+    for token, vector in learned.items():
+        assert not torch.equal(vector, before[tok.convert_tokens_to_ids(start[token])])
 
 
-def test_latent_placement_of_the_filter_changes_the_loss(tiny_config, components, tmp_path):
-    logs = {}
-    for place, variant in (("latent", "inv_reversion"), ("off", "no_hf")):
-        folder = trainer.train(tiny_config(variant=variant, hf_suppress=place, steps=1), tmp_path / place,
-                               components=components, progress=False)
-        logs[place] = (folder / "log.csv").read_text().splitlines()[1].split(",")[2]
-    assert logs["latent"] != logs["off"]
+def test_the_suppressor_filters_where_its_placement_says(tiny_config, components, tmp_path):
+    """Same seed, same draws: "latent" low-passes x_t on its way into the UNet (Eq. 8 as written),
+    "image" filters the exemplars before they are encoded (Fig. 4), so x_t differs otherwise."""
+    unet_input = {}
+    for place, variant in (("off", "no_hf"), ("latent", "inv_reversion"), ("image", "inv_reversion")):
+        hook = components.unet.register_forward_pre_hook(lambda module, args, place=place: unet_input.__setitem__(place, args[0].clone()))
+        trainer.train(tiny_config(variant=variant, hf_suppress=place, steps=1), tmp_path / place, components=components, progress=False)
+        hook.remove()
+    sigma = tiny_config().hf_sigma_latent
+    torch.testing.assert_close(unet_input["latent"], gaussian_lowpass(unet_input["off"], sigma))
+    assert (unet_input["latent"] - unet_input["off"]).abs().max() > 1e-3
+    assert (unet_input["image"] - unet_input["off"]).abs().max() > 1e-3
+    assert (unet_input["image"] - unet_input["latent"]).abs().max() > 1e-3
+
+
+def test_speed_options_change_speed_not_results(tiny_config, components, tmp_path):
+    """Encoding the exemplars every micro-batch (as ReVersion) learns what the cached latents do."""
+    config = tiny_config(steps=2)
+    cached = trainer.train(config, tmp_path / "cached", components=components, progress=False)
+    encoded = trainer.train(config, tmp_path / "encoded", components=components, progress=False,
+                            speed=trainer.Speed(cache_latents=False, fused_adamw=False))
+    a, b = _learned(cached), _learned(encoded)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_is_stale_once_its_model_changes(tiny_config, tmp_path):
