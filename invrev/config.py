@@ -52,14 +52,13 @@ _CHOICES = {
     "negatives": ("caption", "vocab"),
     "hf_suppress": ("image", "latent", "off"),
     "mixed_precision": ("auto", "no", "bf16"),
-    "lr_schedule": ("constant",),
     "word_lists": ("invrev", "reversion"),
 }
 
-# What ReVersion's train.py and diffusers' textual-inversion example call our keys.
+# What ReVersion's train.py and diffusers' textual-inversion example call our keys (None: no key here).
 ALIASES = {
     "max_train_steps": "steps", "train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler": "lr_schedule", "adam_weight_decay": "weight_decay", "placeholder_token": "placeholder",
+    "lr_scheduler": None, "adam_weight_decay": "weight_decay", "placeholder_token": "placeholder",
     "initializer_token": "init_word", "steer_loss_weight": "lambda_control", "denoise_loss_weight": "lambda_denoise",
     "scaled_cosine_alpha": "importance_alpha", "train_data_dir": "exemplars", "checkpointing_steps": "checkpoint_every",
     "pretrained_model_name_or_path": "model", "num_train_epochs": "steps",
@@ -86,9 +85,8 @@ class TrainConfig:
     steps: int = 3000  # ReVersion README: max_train_steps
     batch_size: int = 2  # ReVersion README: train_batch_size
     grad_accum: int = 4  # ReVersion README: gradient_accumulation_steps (effective batch 8)
-    learning_rate: float = 2.5e-4  # ReVersion README
+    learning_rate: float = 2.5e-4  # ReVersion README: constant, no warm-up (the only schedule, so no key)
     scale_lr: bool = True  # ReVersion README: lr x batch x accumulation = 2e-3
-    lr_schedule: str = "constant"  # ReVersion README, no warm-up
     adam_beta1: float = 0.9  # ReVersion (diffusers textual-inversion defaults)
     adam_beta2: float = 0.999
     weight_decay: float = 1e-2
@@ -290,6 +288,8 @@ def _check_keys(cls: type, params: Mapping[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in params.items():
+        if key in ALIASES and ALIASES[key] is None:
+            raise ConfigError(f"unknown config key {key!r}: the learning rate is constant, as in ReVersion's README run")
         if key in ALIASES:
             raise ConfigError(f"unknown config key {key!r}: that is ReVersion's / diffusers' name; here it is "
                               f"{ALIASES[key]!r}" + (" (optimizer steps, not epochs)" if key == "num_train_epochs" else ""))

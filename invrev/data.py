@@ -83,6 +83,11 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of an exemplar folder, in natural name order (2.png before 10.png)."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)), key=lambda p: natural_key(p.name))
+
+
 def _json_type(value: object) -> str:
     names = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
     return names.get(type(value), "null")
@@ -232,7 +237,7 @@ def load_exemplars(folder: str | os.PathLike, resolution: int | None = None) -> 
     if not folder.is_dir():
         raise DataError([Problem(str(folder), "is not a folder", "pass the path of one relation folder")])
     problems: list[Problem] = []
-    names = sorted((p.name for p in folder.iterdir() if p.is_file() and is_image_name(p.name)), key=natural_key)
+    names = [p.name for p in image_files(folder)]
     if not names:
         fix = f"add at least one {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} exemplar image"
         problems.append(Problem(str(folder), "contains no images", fix))

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 from invrev.config import TABLE1, TABLE2, VARIANTS
 from invrev.evaluate import wilson
 from invrev.layout import image_seed, prompt_index
+from invrev.models import REPO_ROOT
 
 CRITERIA = ("entity", "relation")
 INSTRUCTIONS = {  # what the paper asked its raters, for each criterion
@@ -59,10 +60,6 @@ class RatingSet:
     prompt: str  # "a red circle <r> a blue square"; the sd variant is prompted in words
     seed: int  # the runs' seed; the image is the one evaluate draws as sample 0 of this prompt
     variants: tuple[str, ...]
-
-    @property
-    def image_seed(self) -> int:
-        return image_seed(self.seed, self.index)
 
 
 def sample_rating_set(relation: str, rng: random.Random, variants: Sequence[str] = TABLE1,
@@ -103,7 +100,7 @@ def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: in
     from invrev.world import benchmark
 
     a, b = benchmark.test_pairs(rating_set.relation, rating_set.index + 1)[rating_set.index]
-    return [draw(components, runs_root, rating_set.relation, v, rating_set.seed, a, b, [rating_set.image_seed], steps, guidance)[0]
+    return [draw(components, runs_root, rating_set.relation, v, rating_set.seed, a, b, [image_seed(rating_set.seed, rating_set.index)], steps, guidance)[0]
             for v in rating_set.variants]
 
 
@@ -114,9 +111,7 @@ def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[s
     the images, and tied ones get the mean of the places they span (1, 3, 3, 4 is stored as 1, 2.5,
     2.5, 4), so every set still averages (n + 1) / 2 and sets stay comparable.
     """
-    rater = rater.strip()
-    if not rater or "," in rater:
-        raise RatingError(f"rater {rater!r}: give a name or initials without commas")
+    rater = _rater_name(rater)
     if criterion not in CRITERIA:
         raise RatingError(f"criterion {criterion!r} is not one of {CRITERIA}")
     if set(ranks) != set(rating_set.variants):
@@ -161,12 +156,10 @@ class RatingSession:
 
     def __init__(self, rater: str, path: str | Path, relations: Sequence[str], variants: Sequence[str] = TABLE1,
                  seeds: Sequence[int] = (0,), rng: random.Random | None = None, benchmark: str | Path | None = None):
-        self.rater, self.path = rater.strip(), Path(path)
-        if not self.rater or "," in self.rater:
-            raise RatingError(f"rater {rater!r}: give a name or initials without commas")
+        self.rater, self.path = _rater_name(rater), Path(path)
         self.relations, self.variants, self.seeds = list(relations), tuple(variants), tuple(seeds)
         self.rng = rng or random.Random()
-        self.benchmark = Path(benchmark) if benchmark else None
+        self.benchmark = Path(benchmark or REPO_ROOT / "data" / "world" / "benchmark")
         self.current: RatingSet | None = None
         self.saved: list[RatingSet] = []
         self.finished = False
@@ -185,13 +178,14 @@ class RatingSession:
 
     def shown(self, rating_set: RatingSet | None = None) -> dict:
         """What the rater sees of a set: relation, prompt in words, exemplar paths and instructions."""
+        from invrev.data import image_files
         from invrev.world import scene
 
         rating_set = rating_set or self._current()
         words = scene.RELATIONS[rating_set.relation].words
         n = len(rating_set.variants)
         return {"relation": words, "prompt": rating_set.prompt.replace("<r>", words),
-                "exemplars": exemplar_paths(rating_set.relation, self.benchmark),
+                "exemplars": image_files(self.benchmark / rating_set.relation),
                 "instructions": [f"The exemplar images show one relation, '{words}'. Below them, {n} images drawn for "
                                  f"the prompt, numbered 1 to {n} from the left, in a random order. Rank them twice, "
                                  f"{n} = best, 1 = worst:", INSTRUCTIONS["relation"], INSTRUCTIONS["entity"]]}
@@ -245,17 +239,14 @@ class RatingSession:
         return {(r["rater"], r["relation"], r["prompt"], r["seed"]) for r in read_ratings(self.path)}
 
 
+def _rater_name(rater: str) -> str:
+    if not rater.strip() or "," in rater:
+        raise RatingError(f"rater {rater.strip()!r}: give a name or initials without commas")
+    return rater.strip()
+
+
 def _key(rater: str, rating_set: RatingSet) -> tuple:
     return rater, rating_set.relation, rating_set.prompt, rating_set.seed
-
-
-def exemplar_paths(relation: str, root: str | Path | None = None) -> list[Path]:
-    """The exemplar images of a world relation (``data/world/benchmark/<relation>``), in name order."""
-    from invrev.data import is_image_name, natural_key
-    from invrev.models import REPO_ROOT
-
-    folder = Path(root or REPO_ROOT / "data" / "world" / "benchmark") / relation
-    return sorted((p for p in folder.iterdir() if is_image_name(p.name)), key=lambda p: natural_key(p.name))
 
 
 def read_ratings(*paths: str | Path) -> list[dict]:

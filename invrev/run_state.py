@@ -185,30 +185,30 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def finish(run: Run, started: str, accelerator: Accelerator, dtype: torch.dtype) -> None:
-    c = run.config
+    config = run.config
     learned = {}
-    if c.train:
-        names = [c.placeholder, c.inverse_placeholder][: run.vectors.shape[0]]
+    if config.train:
+        names = [config.placeholder, config.inverse_placeholder][: run.vectors.shape[0]]
         learned = {n: v for n, v in zip(names, run.vectors.detach().cpu())}
         embeddings.save_learned(run.folder / "learned", learned)
     else:
         run.folder.mkdir(parents=True, exist_ok=True)
     runs.write_manifest(
         run.folder,
-        relation=c.relation,
-        variant=c.variant,
-        seed=c.seed,
-        model={"id": c.model, "revision": c.revision},
+        relation=config.relation,
+        variant=config.variant,
+        seed=config.seed,
+        model={"id": config.model, "revision": config.revision},
         device=runs.device_name(accelerator.device),
         processes=accelerator.num_processes,
         compute_dtype=str(dtype).removeprefix("torch."),
-        data={"folder": str(c.exemplars), "sha256": run.exemplars.checksums},
-        samples=c.samples if c.train else 0,
+        data={"folder": str(config.exemplars), "sha256": run.exemplars.checksums},
+        samples=config.samples if config.train else 0,
         train_seconds=round(run.seconds, 2),
-        seconds_per_step=round(run.seconds / max(c.steps, 1), 4) if c.train else 0.0,
+        seconds_per_step=round(run.seconds / max(config.steps, 1), 4) if config.train else 0.0,
         started=started,
         finished=runs.timestamp(),
         learned={k: embeddings.file_name(k) for k in learned},
     )
-    runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if c.train else 0,
-                                                      "model_fingerprint": runs.model_fingerprint(c.model, c.revision)})
+    runs.atomic_write_json(run.folder / "done.json", {"steps": run.step if config.train else 0,
+                                                      "model_fingerprint": runs.model_fingerprint(config.model, config.revision)})

@@ -44,10 +44,6 @@ def clip_bpe_candidate() -> Path:
     return repo.parent / "shared" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
 
 
-# Resolved at import; find_clip_bpe() re-reads the environment so a later INVREV_CLIP_BPE counts.
-CLIP_BPE_PATH = clip_bpe_candidate()
-
-
 def find_clip_bpe() -> Path | None:
     """The CLIP BPE file if it exists (see :func:`clip_bpe_candidate`), else None."""
     path = clip_bpe_candidate()
