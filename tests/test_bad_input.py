@@ -226,14 +226,14 @@ def _(ctx):
 
 @case("files", "output folder is read-only")
 def _(ctx):
-    real = trainer.tempfile.TemporaryFile
+    real = run_state.tempfile.TemporaryFile
 
     def read_only(*args, dir=None, **kwargs):  # as root a chmod would not stop the write
         if dir is not None and Path(dir) == ctx.tmp / "locked":
             raise PermissionError(13, "Permission denied")
         return real(*args, dir=dir, **kwargs)
     (ctx.tmp / "locked").mkdir()
-    ctx.monkeypatch.setattr(trainer.tempfile, "TemporaryFile", read_only)
+    ctx.monkeypatch.setattr(run_state.tempfile, "TemporaryFile", read_only)
     no_model_load(ctx)
     message = train(ctx, "--set", "steps=1", out=ctx.tmp / "locked")
     return "--out on a read-only folder", expect(message, "locked", "not a writable folder (Permission denied)", "--out")
