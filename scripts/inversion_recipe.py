@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from invrev import evaluate, trainer
-from invrev.config import make_config, parse_assignments
+from invrev.config import parse_assignments
+from invrev.experiments import run_config
 from invrev.models import REPO_ROOT, load_components_cached
-from invrev.world.scene import config_overrides
 
 MODEL = "data/world/model"
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for candidate in args.candidate or [""]:
         overrides = parse_assignments(candidate.split())
-        config = make_config(REPO_ROOT / "data/world/benchmark" / args.relation, args.variant, "world", seed=args.seed,
-                             **{**config_overrides(args.relation), **overrides})
+        config = run_config(REPO_ROOT / "data/world/benchmark" / args.relation, args.variant, model=MODEL,
+                            seed=args.seed, **overrides)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             folder = trainer.train(config, Path(tmp) / "run", components=components, progress=False)

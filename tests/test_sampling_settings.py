@@ -93,3 +93,20 @@ def test_report_table_shows_both_views_and_the_handle():
            "handle": {"word": "cuddling", "n": 80, "entity_accuracy": 0.7, "relation_accuracy": 0.9, "fusion_rate": 0.0}}
     line = release.format_report([row]).splitlines()[-1]
     assert line == '| hug | no | hugging | 0.50 | 0.10 | 0.20 | 0.60 | 0.05 | 0.10 | 80 | "cuddling": 0.90 (0.70) |'
+
+
+def test_guidance_one_skips_the_unconditional_pass_and_draws_the_same(components, monkeypatch):
+    """At guidance 1 the guided prediction equals the conditional one: the shortcut must not change
+    an image (beyond float rounding of batch 2 vs batch 1 in the UNet), and must halve the UNet batch."""
+    from invrev import generate as gen
+
+    prompts, seeds = ["a red circle inside a blue square", "a blue square on a red circle"], [5, 6]
+    fast = gen.generate(components, prompts, seeds, 3, 1.0, "DDIMScheduler")
+    sizes = []
+    real = components.unet.forward
+    monkeypatch.setattr(components.unet, "forward", lambda x, *a, **k: sizes.append(len(x)) or real(x, *a, **k))
+    gen.generate(components, prompts, seeds, 3, 1.0, "DDIMScheduler")
+    assert sizes == [2, 2, 2]
+    monkeypatch.undo()
+    slow = gen.generate(components, prompts, seeds, 3, 1.0 + 1e-9, "DDIMScheduler")  # the two-pass path
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(fast, slow))
