@@ -1,4 +1,5 @@
-"""The high-frequency suppressor: a separable Gaussian low-pass (paper Eqs. 8–9)."""
+"""The high-frequency suppressor: a separable Gaussian low-pass (paper Eqs. 8–9), and the power
+spectra its sigma is chosen from (notebook 01)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,33 @@ def gaussian_lowpass(x: torch.Tensor, sigma: float, kernel_size: int | None = No
     col = taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
     x = F.conv2d(F.pad(x, (half, half, 0, 0), mode="reflect"), row, groups=channels)
     return F.conv2d(F.pad(x, (0, 0, half, half), mode="reflect"), col, groups=channels)
+
+
+def power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """|x̂(f)|² of the mean-removed ``images`` [..., H, W], averaged over every leading dimension
+    (images, channels): [H, W] in ``torch.fft.fft2``'s frequency order."""
+    centred = images - images.mean((-2, -1), keepdim=True)
+    return (torch.fft.fft2(centred).abs() ** 2).mean(tuple(range(images.ndim - 2)))
+
+
+def frequency_radius(n: int, *, device=None) -> torch.Tensor:
+    """|f| in cycles per pixel at each point of an n×n ``fft2`` grid: [n, n], float64."""
+    f = torch.fft.fftfreq(n, dtype=torch.float64, device=device)
+    return (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
+
+
+def radial_power(spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The radially averaged power of a square ``spectrum`` [n, n]: (radius, mean power), both [R].
+
+    Frequencies are binned by |f| rounded to a multiple of 1/n cycle per pixel; bin k is the mean
+    over the grid's points in it, at radius k/n. Every bin up to the corner's holds a point (out
+    along an axis, then along the edge to the corner, |f| grows by at most 1/n a point), so no mean
+    divides by zero.
+    """
+    n = spectrum.shape[-1]
+    if spectrum.shape != (n, n):
+        raise ValueError(f"expected a square [n, n] spectrum, got shape {tuple(spectrum.shape)}")
+    bins = (frequency_radius(n, device=spectrum.device) * n).round().long().flatten()
+    totals = torch.zeros(int(bins.max()) + 1, dtype=spectrum.dtype, device=spectrum.device)
+    totals = totals.index_add(0, bins, spectrum.flatten())
+    return torch.arange(len(totals), device=spectrum.device) / n, totals / torch.bincount(bins)

@@ -104,6 +104,45 @@ def test_lowpass_rejects_bad_input():
         filters.gaussian_lowpass(torch.zeros(1, 3, 8, 8), 1.0, kernel_size=4)
 
 
+def _waves(n: int, *cycles: int) -> torch.Tensor:
+    """[1, 1, n, n] sum of cos(2 pi k x / n) over ``cycles`` k: vertical stripes, k cycles across."""
+    x = torch.arange(n, dtype=torch.float64)
+    return sum(torch.cos(2 * math.pi * k * x / n) for k in cycles).expand(1, 1, n, n)
+
+
+def test_radial_power_of_a_sinusoid_peaks_at_its_frequency_by_hand():
+    n, k, amplitude = 32, 5, 0.7
+    spectrum = filters.power_spectrum(amplitude * _waves(n, k))
+    # Parseval: sum |x̂|^2 = n^2 sum x^2 for the mean-removed image
+    assert spectrum.sum().item() == pytest.approx(n * n * (amplitude * _waves(n, k)).pow(2).sum().item())
+    radius, power = filters.radial_power(spectrum)
+    # fft2 puts (A n^2 / 2)^2 at (0, +k) and (0, -k); bin k averages those over its grid points
+    half = range(-(n // 2), n - n // 2)
+    in_bin = sum(1 for i in half for j in half if round(math.hypot(i, j)) == k)
+    assert radius[power.argmax()].item() == k / n
+    assert power[k].item() == pytest.approx(2 * (amplitude * n * n / 2) ** 2 / in_bin)
+    assert power[torch.arange(len(power)) != k].abs().max() < 1e-6 * power[k]
+    assert torch.allclose(filters.power_spectrum(_waves(n, 1, k).expand(2, 3, n, n)), filters.power_spectrum(_waves(n, 1, k)))
+    with pytest.raises(ValueError, match="square"):
+        filters.radial_power(torch.ones(4, 6))
+
+
+def test_lowpass_removes_a_high_frequency_pattern_and_keeps_a_low_one():
+    n, sigma = 32, 0.8
+    taps = filters.gaussian_kernel1d(sigma, dtype=torch.float64)
+    offsets = torch.arange(len(taps)) - len(taps) // 2
+    kept = {}
+    for k in (1, 8):  # f = 1/32 (a shape's outline) and 1/4 (painted_on's brush strokes)
+        before, after = (filters.radial_power(filters.power_spectrum(x))[1][k].item()
+                         for x in (_waves(n, k), filters.gaussian_lowpass(_waves(n, k), sigma)))
+        kept[k] = after / before
+        # a cosine through symmetric taps is scaled by their DTFT at its frequency; the reflected
+        # borders are not periodic, hence the tolerance
+        gain = (taps * torch.cos(2 * math.pi * k / n * offsets)).sum().item()
+        assert kept[k] == pytest.approx(gain**2, abs=0.01)
+    assert kept[8] < 0.25 and kept[1] > 0.95
+
+
 def test_inverse_expansion():
     assert text.inverse_caption("a cat {} a rock") == "a rock <inv> <r> a cat"
     assert text.inverse_caption("cat {} stone", "<x>", "<y>") == "stone <y> <x> cat"
