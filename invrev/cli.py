@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=20, help="held-out entity pairs (default 20)")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--seen-prompts", type=int, default=20,
+                   help="also this many seen pairs of different shapes, reported beside (default 20; 0: none)")
     _add_sampling_args(p)
     p.add_argument("--out", help="write metrics.json and grid.png into this folder")
     p.set_defaults(func=_evaluate)
@@ -249,7 +251,8 @@ def _evaluate(args) -> int:
 
     metrics = evaluate.evaluate(
         args.model, args.relation, args.variant, args.embeddings, seed=args.seed, prompts=args.prompts,
-        samples=args.samples, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, out=args.out)
+        samples=args.samples, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, out=args.out,
+        seen_prompts=args.seen_prompts)
     print(json.dumps(metrics["summary"], indent=2))
     return 0
 
