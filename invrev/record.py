@@ -71,11 +71,19 @@ def sampling_note(found: list[dict]) -> str:
         recommended = {sampling_settings(m)["guidance"] for m in models}
     except ModelError:
         recommended = set()
-    if not recorded or set(recorded) == recommended:
+    from invrev.runs import model_fingerprint
+
+    prints = {r["summary"].get("model_fingerprint") for r in found} - {None}
+    stale = bool(prints) and prints != {model_fingerprint(m) for m in models}
+    if not stale and (not recorded or set(recorded) == recommended):
         return ""
-    return (f"The recorded batch was sampled at classifier-free guidance {', '.join(f'{g:.1f}' for g in recorded)}, "
-            "where the world model fails (at guidance 1.5 the same model draws named relations correctly); "
-            "a rerun at the model's calibrated settings is pending.")
+    sampled = ", ".join(f"{g:.1f}" for g in recorded)
+    if stale:
+        return (f"The recorded batch was made on an earlier world model and sampled at classifier-free guidance {sampled}, "
+                "where that model failed (at guidance 1.5 it drew named relations correctly); a rerun on the "
+                "shipped model at its own sampling settings is pending.")
+    return (f"The recorded batch was sampled at classifier-free guidance {sampled}, where the world model fails "
+            "(at its own settings it draws named relations correctly); a rerun at those settings is pending.")
 
 
 def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, replace: bool = False,

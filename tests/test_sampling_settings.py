@@ -110,3 +110,15 @@ def test_guidance_one_skips_the_unconditional_pass_and_draws_the_same(components
     monkeypatch.undo()
     slow = gen.generate(components, prompts, seeds, 3, 1.0 + 1e-9, "DDIMScheduler")  # the two-pass path
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(fast, slow))
+
+
+def test_the_records_note_names_an_old_model_and_a_wrong_guidance():
+    from invrev import record, runs
+
+    model = models.WORLD_MODEL
+    own = models.sampling_settings(model)["guidance"]
+    now = runs.model_fingerprint(model)
+    row = lambda g, fp: {"summary": {"guidance": g, "model": model, "model_fingerprint": fp}, "config": {}}
+    assert "earlier world model" in record.sampling_note([row(4.0, "0" * 64)])
+    assert "guidance 4.0, where the world model fails" in record.sampling_note([row(4.0, now)])
+    assert record.sampling_note([row(own, now)]) == ""
