@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="the main job: train one relation on the embedded world and draw a grid")
-    p.add_argument("--relation", default="painted_on", help="an unnamed relation by default: its words do not draw it")
+    p.add_argument("--relation", default="wrapped_in", help="an unnamed relation by default: its words do not draw it")
     p.add_argument("--model", default=WORLD_MODEL, help="a world model folder (default: the embedded one)")
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_demo)
