@@ -58,16 +58,17 @@ def run(relation: str, out: str | Path, benchmark: Path, model: str, *, steps: i
     return {"words": b, "learned": s}
 
 
-def _mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int, scale: int = 4) -> np.ndarray:
-    """Tiles ``rows`` x ``columns``, each upscaled (nearest) inside a 2 px frame: green where the
-    scorer finds the relation, light grey where not."""
+def _mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int, scale: int = 4,
+            frame: int = 4, gap: int = 4) -> np.ndarray:
+    """Tiles ``rows`` x ``columns`` on white, each upscaled (nearest) inside a ``frame`` px border:
+    green where the scorer finds the relation, light grey where not."""
     h, w = images[0].shape[0] * scale, images[0].shape[1] * scale
-    tile_h, tile_w = h + 4, w + 4
-    canvas = np.full((rows * tile_h + 4, columns * tile_w + 4, 3), 255, np.uint8)
+    tile_h, tile_w = h + 2 * frame + gap, w + 2 * frame + gap
+    canvas = np.full((rows * tile_h + gap, columns * tile_w + gap, 3), 255, np.uint8)
     for i in range(rows * columns):
-        y, x = 2 + (i // columns) * tile_h, 2 + (i % columns) * tile_w
-        canvas[y:y + tile_h, x:x + tile_w] = (42, 157, 58) if hits[i] else (210, 210, 210)
-        canvas[y + 2:y + 2 + h, x + 2:x + 2 + w] = images[i].repeat(scale, 0).repeat(scale, 1)
+        y, x = gap + (i // columns) * tile_h, gap + (i % columns) * tile_w
+        canvas[y:y + h + 2 * frame, x:x + w + 2 * frame] = (42, 157, 58) if hits[i] else (200, 200, 200)
+        canvas[y + frame:y + frame + h, x + frame:x + frame + w] = images[i].repeat(scale, 0).repeat(scale, 1)
     return canvas
 
 
@@ -89,7 +90,7 @@ def side_by_side(relation: str, base: dict, learned: dict, path: Path) -> Path:
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_xticks([])
         tile = (mosaic.shape[0] - 4) / rows
-        ax.set_yticks([2 + tile * (r + 0.5) for r in range(rows)])
+        ax.set_yticks([4 + tile * (r + 0.5) for r in range(rows)])
         labels = []
         for r in range(rows):
             a, _, b = base["images"][r * SAMPLES]["prompt"].removeprefix("a ").partition(f" {words} a ")
