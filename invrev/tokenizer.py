@@ -37,6 +37,11 @@ def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     for word in sorted(set(words)):
         chars = [table[b] for b in word.encode("utf-8")]
         pieces[word] = chars[:-1] + [chars[-1] + "</w>"]
+    return _greedy_merges(pieces)
+
+
+def _greedy_merges(pieces: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Merge the most frequent adjacent pair (ties alphabetically) until every word is one symbol."""
     merges = []
     while True:
         counts = collections.Counter()
@@ -89,17 +94,7 @@ def extend_tokenizer(tokenizer: CLIPTokenizer, words: Iterable[str], out_dir: st
     for word in new:
         chars = [table[b] for b in word.encode("utf-8")]
         pieces[word] = _apply_merges(chars[:-1] + [chars[-1] + "</w>"], ranks)
-    added = []
-    while True:
-        counts = collections.Counter()
-        for symbols in pieces.values():
-            counts.update(zip(symbols, symbols[1:]))
-        if not counts:
-            break
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        added.append(best)
-        for word, symbols in pieces.items():
-            pieces[word] = _merge(symbols, best)
+    added = _greedy_merges(pieces)
     for pair in added:
         vocab.setdefault("".join(pair), len(vocab))
     out = Path(out_dir)
