@@ -1,5 +1,6 @@
 """World pretraining: a fresh start, a resume, the loss log and the exported model."""
 
+import pytest
 import torch
 
 from invrev.models import load_components
@@ -68,3 +69,19 @@ def test_warm_start_adds_rows_from_and(tmp_path):
     assert torch.equal(table[: len(tok)], old.half().float())
     and_row = table[tok2.convert_tokens_to_ids("and</w>")]
     assert torch.equal(table[tok2("daubed", add_special_tokens=False).input_ids[0]], and_row)
+
+
+def test_validation_during_training_keeps_the_best_model(tmp_path):
+    """eval_every samples the EMA model on validation pairs, logs it and exports best_model/ with its
+    score; the checkpoint written at that step already knows the best score (a resume keeps it)."""
+    import csv
+    import json
+
+    config = pretrain.PretrainConfig(steps=2, batch_size=2, checkpoint_every=2, eval_every=2)
+    pretrain.pretrain(tmp_path, config, TINY, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "eval_log.csv")))
+    assert {r["step"] for r in rows} == {"2"} and len(rows) == 15  # 10 relations in words + 5 handles
+    summary = json.loads((tmp_path / "best_model_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["validation_score"] == pytest.approx(pretrain.validation_score(summary["validation"]), abs=1e-4)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best"] == pytest.approx(summary["validation_score"], abs=1e-4)
+    assert (tmp_path / "best_model" / "unet").is_dir()

@@ -158,6 +158,9 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
         log.write(f"{step},{loss.item():.5f},{seconds:.1f}\n")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if config.eval_every and step % config.eval_every == 0:  # before the checkpoint, which keeps ``best``
+            best = _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config,
+                                      step, seconds, device, best, bar)
         if step % config.checkpoint_every == 0:
             log.flush()
             runs.atomic_torch_save(ckpt, {
@@ -165,9 +168,6 @@ def pretrain(folder: str | Path, config: PretrainConfig = PretrainConfig(),
                 "optimizer": optimizer.state_dict(), "ema": ema,
                 "torch_rng": torch_gen.get_state(), "step": step, "seconds": seconds, "best": best,
             })
-        if config.eval_every and step % config.eval_every == 0:
-            best = _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config,
-                                      step, seconds, device, best, bar)
     bar.close()
     log.close()
     return export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device)
@@ -279,12 +279,6 @@ def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params,
     return best
 
 
-def validation_pairs(relation: str, n: int) -> list[tuple[scene.Entity, scene.Entity]]:
-    """``n`` pairs for a relation that are neither held-out test pairs nor in its exemplars: for
-    choosing checkpoints and sampling settings without looking at the test prompts."""
-    return benchmark.validation_pairs(relation, n)
-
-
 def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, guidance: float = 1.5, steps: int = 25,
              seed: int = 12345) -> list[dict]:
     """Per benchmark relation, images from validation pairs, scored: named relations in words,
@@ -293,11 +287,12 @@ def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, gu
     from invrev import generate
     from invrev.world import captions, scorer
 
-    components = models.Components(tokenizer, text_encoder, unet, scheduler, dict(scheduler.config),
+    components = models.Components(tokenizer, text_encoder, unet, scheduler,
+                                   {**scheduler.config, "_class_name": type(scheduler).__name__},
                                    models.PixelCodec(world.fold), "pretraining", "main")
     jobs = []
     for relation, info in sorted(scene.RELATIONS.items()):
-        for a, b in validation_pairs(relation, pairs):
+        for a, b in benchmark.validation_pairs(relation, pairs):
             jobs.append((relation, "words", a, b, captions.relation_text(a, relation, b)))
             if not info.named:
                 jobs.append((relation, "handle", a, b, captions.caption(a, relation, b, handle=True)))
