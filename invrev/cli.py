@@ -291,13 +291,14 @@ def _notebooks(args) -> int:
 
 
 def _check_scorer(args) -> int:
-    from invrev.world import scorer
+    from invrev.world import scorer_check
 
-    rows = scorer.check_scorer(args.seed, args.per_relation)
-    print(scorer.format_table(rows))
+    rows = scorer_check.check_scorer(args.seed, args.per_relation)
+    print(scorer_check.format_table(rows))
     failed = [r.relation for r in rows if not r.passed]
     if failed:
-        print(f"below the 98% bar: {', '.join(failed)}", file=sys.stderr)
+        print(f"failed the check (>= 98% agreement on true renders, <= 1% entity passes on broken ones): "
+              f"{', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,7 @@ the renderer (on a seed the scorer was never tuned on), also under blur and nois
 import numpy as np
 import pytest
 
-from invrev.world import captions, grid, render, scene, scorer
+from invrev.world import captions, grid, render, scene, scorer, scorer_check
 from invrev.world.scene import ALL_RELATIONS, BACKGROUND, COLOURS, Entity
 
 RED_CIRCLE, BLUE_SQUARE = Entity("red", "circle"), Entity("blue", "square")
@@ -31,7 +31,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.5, std
 @pytest.fixture(scope="module")
 def checked():
     """check_scorer on a seed no threshold was tuned on (tuning used seeds 0-3)."""
-    return {row.relation: row for row in scorer.check_scorer(12345, 50)}
+    return {row.relation: row for row in scorer_check.check_scorer(12345, 50)}
 
 
 def test_vocabulary():
@@ -135,7 +135,7 @@ def test_wrong_captions_fail(checked, relation):
 
 
 def test_format_table(checked):
-    table = scorer.format_table(list(checked.values()))
+    table = scorer_check.format_table(list(checked.values()))
     assert len(table.splitlines()) == 16 and "next_to" in table and "NO" not in table
 
 
@@ -253,7 +253,7 @@ def test_broken_renders_fail_entity_accuracy(checked, relation):
     """An entity removed or recoloured, or the colours swapped (different shapes): <= 1% pass."""
     row = checked[relation]
     assert row.removed <= 0.01 and row.recoloured <= 0.01 and row.colours_swapped <= 0.01
-    assert "removed" in scorer.format_table([row])
+    assert "removed" in scorer_check.format_table([row])
 
 
 @pytest.mark.parametrize("relation", scorer.CONTAINERS)

@@ -9,7 +9,8 @@ the module that ``from invrev.world import render`` must find.
 from invrev.world.captions import caption, relation_text, template
 from invrev.world.scene import (ALL_RELATIONS, BACKGROUND, COLOURS, ENTITIES, EXTRA_RELATIONS, RELATIONS,
                                 SHAPES, WHITE, Entity, Relation, sample_pair)
-from invrev.world.scorer import Score, ScorerRow, check_scorer, format_table, score
+from invrev.world.scorer import Score, score
+from invrev.world.scorer_check import ScorerRow, check_scorer, format_table
 
 __all__ = [
     "ALL_RELATIONS", "BACKGROUND", "COLOURS", "ENTITIES", "EXTRA_RELATIONS", "RELATIONS", "SHAPES", "WHITE",
