@@ -51,9 +51,6 @@ def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progr
     return rows
 
 
-GUIDANCES = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
-
-
 def sweep(model: str, settings: list[dict], pairs: int = 16, samples: int = 1, seed: int = 0,
           progress: bool = True, unnamed: bool = False) -> list[dict]:
     """Each benchmark relation prompted in words on its validation pairs (never the test pairs),
