@@ -1,5 +1,7 @@
 """World pretraining: a fresh start, a resume, the loss log and the exported model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,6 +71,12 @@ def test_warm_start_adds_rows_from_and(tmp_path):
     assert torch.equal(table[: len(tok)], old.half().float())
     and_row = table[tok2.convert_tokens_to_ids("and</w>")]
     assert torch.equal(table[tok2("daubed", add_special_tokens=False).input_ids[0]], and_row)
+    # a model saved after loading from a folder names no folder of the machine it was saved on
+    _, _, unet2, *_ = pretrain.warm_start(str(tmp_path / "m"), tmp_path / "out2")
+    model.save(tmp_path / "m2", tok2, te2, unet2, sched, TINY, {})
+    for folder in (tmp_path / "m2", Path(model.__file__).parents[2] / "data" / "world" / "model"):
+        for config in folder.rglob("*.json"):
+            assert str(tmp_path) not in config.read_text() and '"_name_or_path": "/' not in config.read_text(), config
 
 
 def test_validation_during_training_keeps_the_best_model(tmp_path):

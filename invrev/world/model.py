@@ -95,6 +95,10 @@ def save(folder: str | Path, tokenizer, text_encoder, unet, scheduler, config: W
     text_encoder.half().save_pretrained(folder / "text_encoder", max_shard_size="15MB")
     unet.half().save_pretrained(folder / "unet", max_shard_size="15MB")
     scheduler.save_pretrained(folder / "scheduler")
+    # diffusers records where a loaded model came from; a shipped model names no folder of a machine.
+    unet_config = folder / "unet" / "config.json"
+    unet_config.write_text(json.dumps({k: v for k, v in json.loads(unet_config.read_text()).items()
+                                       if k != "_name_or_path"}, indent=2, sort_keys=True) + "\n")
     meta = {"latent": {"type": "pixel", "factor": config.fold}, "world_model": asdict(config), **provenance}
     (folder / "invrev.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return folder
