@@ -63,7 +63,7 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
     path = str(repo_path(notebook))
     with Pool(workers) as pool:
         if joint > 0:
-            _train_jointly(pool, todo, joint)
+            _prepare_jointly(pool, todo, joint)
         tasks = {job.name: (path, job) for job in todo}
         for count, (name, (error, seconds, line)) in enumerate(pool.run(_run_notebook, tasks), start=len(result.skipped) + 1):
             job = tasks[name][1]
@@ -89,31 +89,56 @@ def headline(error: str) -> str:
     return lines[0] if lines else error
 
 
-def _train_jointly(pool: Pool, todo: list[Job], k: int) -> None:
-    """Train the runs that still need training, ``k`` at a time, one shared model per group."""
-    trainable = [j for j in todo if TrainConfig.from_params(json.loads(j.config_json)).train
-                 and not runs.is_complete(j.folder, j.config_json)]
-    groups = [trainable[i:i + k] for i in range(0, len(trainable), k)]
-    tasks = {", ".join(j.name for j in g): ([j.config_json for j in g], [str(j.folder) for j in g]) for g in groups}
-    for names, (error, seconds) in pool.run(_train_group, tasks):
-        status = f"FAILED ({headline(error)}); their notebooks will retry" if error else "trained"
-        print(f"joint training of {names}: {status} in {seconds:.1f} s", flush=True)
+def _prepare_jointly(pool: Pool, todo: list[Job], k: int) -> None:
+    """Train and evaluate the runs that still need it in groups of up to ``k`` of one relation, one
+    process per group: the model loads once, the group's runs train together (one shared model, K
+    sets of vectors), then each is evaluated with the loaded model. The notebooks find them done."""
+    from invrev.experiments import evaluated
+
+    pending = sorted((j for j in todo if not (runs.is_complete(j.folder, j.config_json) and evaluated(j))),
+                     key=lambda j: (j.relation, j.seed))
+    by_relation: dict[str, list[Job]] = {}
+    for job in pending:
+        by_relation.setdefault(job.relation, []).append(job)
+    groups = [jobs[i:i + k] for jobs in by_relation.values() for i in range(0, len(jobs), k)]
+    tasks = {", ".join(j.name for j in g): ([(j.name, j.config_json, str(j.folder), j.params) for j in g],) for g in groups}
+    for names, (error, train_s, eval_s) in pool.run(_prepare_group, tasks):
+        status = f"FAILED ({headline(error)}); their notebooks will retry" if error else "trained and evaluated"
+        print(f"joint group [{names}]: {status} (training {train_s:.1f} s, evaluation {eval_s:.1f} s)", flush=True)
 
 
-def _train_group(config_jsons: list[str], folders: list[str]) -> tuple[str | None, float]:
+def _prepare_group(members: list[tuple[str, str, str, dict]]) -> tuple[str | None, float, float]:
+    """Train the group's unfinished runs together, then evaluate each run whose evaluation is missing
+    or stale, exactly as the run notebook would. Returns (error, training s, evaluation s)."""
     import transformers
 
-    from invrev import trainer
+    from invrev import evaluate, trainer
 
     transformers.utils.logging.disable_progress_bar()
-
-    start = time.perf_counter()
+    train_s = eval_s = 0.0
     try:
-        configs = [TrainConfig.from_params(json.loads(c)) for c in config_jsons]
-        trainer.train_many(configs, folders, resume=True, progress=False)
-        return None, time.perf_counter() - start
+        start = time.perf_counter()
+        configs = [TrainConfig.from_params(json.loads(c)) for _, c, _, _ in members]
+        folders = [Path(f) for _, _, f, _ in members]
+        components = evaluate.components_for_inference(configs[0].model, configs[0].revision)
+        todo = [i for i, c in enumerate(configs) if not runs.is_complete(folders[i], members[i][1])]
+        if todo:
+            trainer.train_many([configs[i] for i in todo], [folders[i] for i in todo], components=components,
+                               resume=True, progress=False)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for (_, _, _, p), folder in zip(members, folders):
+            settings = dict(model=p["model"], relation=p["relation"], variant=p["variant"], seed=p["seed"],
+                            prompts=p["eval_prompts"], samples=p["eval_samples"], steps=p["eval_steps"],
+                            guidance=p["eval_guidance"])
+            if evaluate.recorded(folder / "eval", folder, **settings) is None:
+                evaluate.evaluate(p["model"], p["relation"], p["variant"], folder, seed=p["seed"], prompts=p["eval_prompts"],
+                                  samples=p["eval_samples"], steps=p["eval_steps"], guidance=p["eval_guidance"],
+                                  out=folder / "eval", components=components)
+        eval_s = time.perf_counter() - start
+        return None, train_s, eval_s
     except Exception as err:  # a batch keeps going: the runs' notebooks retry and record the failure
-        return f"{type(err).__name__}: {err}", time.perf_counter() - start
+        return f"{type(err).__name__}: {err}", train_s, eval_s
 
 
 def _run_notebook(notebook: str, job: Job) -> tuple[str | None, float, str]:

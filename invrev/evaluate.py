@@ -7,6 +7,7 @@ variants and the relation in words for ``sd`` (the paper's Table 1 baseline).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
         summary["seen"] = summarise(seen_records)
     summary.update(relation=relation, variant=variant, seed=seed, model=model, split=split, steps=steps, guidance=guidance,
                    scheduler=scheduler or components.scheduler_config["_class_name"],
-                   model_fingerprint=runs.model_fingerprint(model))
+                   model_fingerprint=runs.model_fingerprint(model), trained=_trained(run_folder))
     result = {"summary": summary, "images": records, **({"seen_images": seen_records} if seen_records else {})}
     if out is not None:
         out = Path(out)
@@ -102,6 +103,33 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     if keep_images:
         result["image_arrays"] = images
     return result
+
+
+def recorded(out: str | Path, run_folder: str | Path | None, *, model: str, relation: str, variant: str, seed: int,
+             prompts: int, samples: int, steps: int | None = None, guidance: float | None = None) -> dict | None:
+    """The held-out metrics already in ``out/metrics.json`` when they were made with these settings,
+    of this run's training as it is now, on ``model`` as it is now; else None (evaluate again).
+
+    The batch skips runs by it, and a batch that evaluated a run in its own process leaves the run
+    notebook only the display. Settings left None are the model's own (its ``invrev.json``)."""
+    from invrev import models
+
+    path = Path(out) / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    s, own = metrics["summary"], models.sampling_settings(model)
+    wanted = {"n": prompts * samples, "relation": relation, "variant": variant, "seed": seed, "model": model,
+              "split": "held_out", "steps": own["steps"] if steps is None else steps,
+              "guidance": own["guidance"] if guidance is None else guidance, "trained": _trained(run_folder),
+              "model_fingerprint": runs.model_fingerprint(model)}
+    return metrics if all(s.get(k) == v for k, v in wanted.items()) else None
+
+
+def _trained(run_folder: str | Path | None) -> str | None:
+    """When the run's training finished (its manifest), so that a retrained run is evaluated again."""
+    manifest = Path(run_folder) / "manifest.json" if run_folder is not None else None
+    return json.loads(manifest.read_text()).get("finished") if manifest and manifest.is_file() else None
 
 
 def summarise(records: list[dict]) -> dict:

@@ -205,16 +205,18 @@ def _check_type(key: str, value: Any, default: Any) -> None:
 
 def already_run(job: Job) -> bool:
     """What the batch skips: trained with this config (:func:`invrev.runs.is_complete`), evaluated
-    with these settings on this model, and its notebook saved."""
+    with these settings of that training on this model (:func:`invrev.evaluate.recorded`), and its
+    notebook saved."""
     if not runs.is_complete(job.folder, job.config_json) or not (job.folder / "run.ipynb").is_file():
         return False
-    metrics = job.folder / "eval" / "metrics.json"
-    if not metrics.is_file():
-        return False
-    summary, p = json.loads(metrics.read_text())["summary"], job.params
-    own = models.sampling_settings(p["model"])  # what None (the model's own settings) stands for
-    steps = own["steps"] if p["eval_steps"] is None else p["eval_steps"]
-    guidance = own["guidance"] if p["eval_guidance"] is None else p["eval_guidance"]
-    return (summary.get("n") == p["eval_prompts"] * p["eval_samples"] and summary.get("steps") == steps
-            and summary.get("guidance") == guidance and summary.get("seed") == p["seed"]
-            and summary.get("model") == p["model"] and summary.get("model_fingerprint") == runs.model_fingerprint(p["model"]))
+    return evaluated(job)
+
+
+def evaluated(job: Job) -> bool:
+    """The run's held-out evaluation is in its folder, made with the job's settings."""
+    from invrev import evaluate
+
+    p = job.params
+    return evaluate.recorded(job.folder / "eval", job.folder, model=p["model"], relation=job.relation,
+                             variant=job.variant, seed=job.seed, prompts=p["eval_prompts"],
+                             samples=p["eval_samples"], steps=p["eval_steps"], guidance=p["eval_guidance"]) is not None

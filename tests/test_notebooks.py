@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from invrev import batch, cli, experiments, generate, layout, notebooks, ratings, record, runs
+from invrev import batch, cli, evaluate, experiments, generate, layout, notebooks, ratings, record, runs
 from invrev.config import VARIANTS, make_config
 from invrev.models import REPO_ROOT, WORLD_MODEL
 
@@ -101,7 +101,7 @@ def test_run_results_and_explorer_notebooks(executed):
 
 @pytest.fixture(scope="module")
 def batch_runs(tmp_path_factory, world_model):
-    """Two runs (sd and inv_reversion) through the run notebook, the trained one trained jointly first."""
+    """Two runs (sd and inv_reversion) through the run notebook, trained and evaluated jointly first."""
     root = tmp_path_factory.mktemp("runs")
     experiment = {"relations": ["hanging_from"], "variants": ["sd", "inv_reversion"], "seeds": [0],
                   "params": {**notebooks.TINY["10_run.ipynb"], "model": world_model}}
@@ -118,6 +118,8 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
             assert (folder / name).is_file(), f"{variant}: {name} missing"
     trained = runs.run_dir(root, "hanging_from", "inv_reversion", 0)
     assert "already trained with this config" in _read(trained / "run.ipynb")
+    for variant in ("sd", "inv_reversion"):
+        assert "already evaluated with these settings" in _read(runs.run_dir(root, "hanging_from", variant, 0) / "run.ipynb")
     assert "--relations hanging_from --variants inv_reversion --seeds 0" in json.loads((trained / "batch.json").read_text())["command"]
     stamp = (trained / "run.ipynb").stat().st_mtime_ns
     again = batch.run_batch(experiment, root)
@@ -126,6 +128,24 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
     # a changed parameter is a different run: it is not skipped
     assert [j.name for j in experiments.plan(experiments.load_experiment(experiment), root, overrides={"steps": 3})
             if not experiments.already_run(j)] == ["hanging_from/sd/seed0", "hanging_from/inv_reversion/seed0"]
+
+
+def test_joint_evaluation_is_the_notebooks_own(batch_runs, tmp_path):
+    """The batch's in-process evaluation, made with the model its joint training used, scores the same
+    images as a fresh evaluation would; and retraining a run makes its evaluation stale."""
+    experiment, root, _ = batch_runs
+    job = next(j for j in experiments.plan(experiments.load_experiment(experiment), root) if j.variant == "inv_reversion")
+    p = job.params
+    fresh = evaluate.evaluate(p["model"], job.relation, job.variant, job.folder, seed=job.seed, prompts=p["eval_prompts"],
+                              samples=p["eval_samples"], steps=p["eval_steps"], guidance=p["eval_guidance"], out=tmp_path)
+    joint = json.loads((job.folder / "eval" / "metrics.json").read_text())
+    assert fresh["images"] == joint["images"] and fresh["summary"]["trained"] == joint["summary"]["trained"]
+    assert experiments.evaluated(job)
+    manifest = json.loads((job.folder / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "finished": "later"}))
+    assert evaluate.recorded(job.folder / "eval", tmp_path, model=p["model"], relation=job.relation, variant=job.variant,
+                             seed=job.seed, prompts=p["eval_prompts"], samples=p["eval_samples"], steps=p["eval_steps"],
+                             guidance=p["eval_guidance"]) is None
 
 
 def test_batch_keeps_going_past_a_failure_and_exits_nonzero(tmp_path, monkeypatch, world_model, capsys):
