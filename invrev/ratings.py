@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from invrev.config import TABLE1, TABLE2, VARIANTS
+from invrev.config import TABLE1, VARIANTS
 from invrev.evaluate import wilson
 from invrev.layout import image_seed, prompt_index
 from invrev.models import REPO_ROOT
@@ -345,53 +345,3 @@ def markdown_table(runs: Sequence[Mapping], variants: Sequence[str], criterion: 
             cells.append(cell)
         lines.append(f"| {relation or '**all**'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# What the numbers say about the paper's claims -------------------------------------------------------
-
-def paper_claims(runs: Sequence[Mapping]) -> list[dict]:
-    """Each claim of the paper checked on ``runs``: ``{"claim", "verdict", "evidence"}``.
-
-    Verdicts are "holds", "partly holds", "does not hold" or "cannot tell" (missing runs, or
-    intervals that overlap where the claim is a difference). Nothing here is written in advance of
-    the numbers: the sentences are filled in from them.
-    """
-    out = []
-    for criterion in CRITERIA:
-        ranks = automatic_rank(runs, TABLE1, criterion)
-        if ranks:
-            others = {r: max(x for v, x in vs.items() if v != "inv_reversion") for r, vs in ranks.items()}
-            best = [r for r, vs in ranks.items() if vs["inv_reversion"] > others[r]]
-            tied = [r for r, vs in ranks.items() if vs["inv_reversion"] == others[r]]
-            out.append(_share_claim(
-                f"Inv-ReVersion ranks first on {criterion} accuracy in every relation (Table 1)", len(best), len(tied), len(ranks),
-                f"first in {len(best)} of {len(ranks)} relations, tied for first in {len(tied)}"))
-    ranks = automatic_rank(runs, TABLE1, "relation")
-    if ranks:
-        mean = {v: statistics.fmean(ranks[r][v] for r in ranks) for v in TABLE1}
-        ordered = all(mean[a] < mean[b] for a, b in zip(TABLE1, TABLE1[1:]))
-        flat = len(set(mean.values())) == 1
-        out.append({"claim": "relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)",
-                    "verdict": "holds" if ordered else "cannot tell" if flat else "does not hold",
-                    "evidence": ", ".join(f"{PAPER_NAMES[v]} {mean[v]:.2f}" for v in TABLE1)})
-    full = accuracy(runs, "inv_reversion", "relation")
-    for ablation in TABLE2[:-1]:
-        part = accuracy(runs, ablation, "relation")
-        if full is None or part is None:
-            continue
-        gap = full["rate"] - part["rate"]
-        apart = full["ci95"][0] > part["ci95"][1] or part["ci95"][0] > full["ci95"][1]
-        verdict = ("holds" if gap > 0 else "does not hold") if apart else "cannot tell"
-        out.append({"claim": f"removing {PAPER_NAMES[ablation][4:]} lowers relation accuracy (Table 2)",
-                    "verdict": verdict,
-                    "evidence": (f"{full['rate']:.2f} [{full['ci95'][0]:.2f}, {full['ci95'][1]:.2f}] with it vs "
-                                 f"{part['rate']:.2f} [{part['ci95'][0]:.2f}, {part['ci95'][1]:.2f}] without, "
-                                 f"{'disjoint' if apart else 'overlapping'} 95% intervals")})
-    return out
-
-
-def _share_claim(claim: str, hits: int, ties: int, total: int, evidence: str) -> dict:
-    """First in every relation holds; in most, partly; tied where never first, nobody can tell."""
-    verdict = ("holds" if hits == total else "partly holds" if 2 * hits > total
-               else "cannot tell" if hits + ties == total else "does not hold")
-    return {"claim": claim, "verdict": verdict, "evidence": evidence}

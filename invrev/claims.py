@@ -1,0 +1,230 @@
+"""What the numbers say about the paper's claims, and the questions a careful reader asks next.
+
+Every verdict is computed from evaluated runs (``record.load_runs``); nothing is written in advance
+of the numbers. A difference counts only where the two 95% intervals (Wilson, over images) are
+disjoint; otherwise the verdict is "cannot tell". Besides the paper's Tables 1 and 2 this checks
+the reasons the paper gives for its three components:
+
+- the POS weighting is for relations carried by verbs, so it should help behavioural relations
+  (``kind_table``, :func:`pos_weight_claim`);
+- the inverse text expansion is against entity fusion, so it should lower the fusion rate
+  (``fusion_table``, :func:`fusion_claim`);
+- the suppressor removes high-frequency detail that does not carry the relation, so it should help
+  most where the exemplars hold most of it (``hf_table``, :func:`suppressor_claim`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from invrev.config import TABLE1, TABLE2, VARIANTS
+from invrev.evaluate import wilson
+from invrev.ratings import CRITERIA, PAPER_NAMES, accuracy, automatic_rank
+
+SPEARMAN_05 = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648, 11: 0.618, 12: 0.587}  # two-sided 5%
+
+
+def paper_claims(runs: Sequence[Mapping]) -> list[dict]:
+    """Each claim of the paper checked on ``runs``: ``{"claim", "verdict", "evidence"}``.
+
+    Verdicts are "holds", "partly holds", "does not hold" or "cannot tell" (missing runs, or
+    intervals that overlap where the claim is a difference).
+    """
+    out = []
+    for criterion in CRITERIA:
+        ranks = automatic_rank(runs, TABLE1, criterion)
+        if ranks:
+            others = {r: max(x for v, x in vs.items() if v != "inv_reversion") for r, vs in ranks.items()}
+            best = [r for r, vs in ranks.items() if vs["inv_reversion"] > others[r]]
+            tied = [r for r, vs in ranks.items() if vs["inv_reversion"] == others[r]]
+            out.append(_share_claim(
+                f"Inv-ReVersion ranks first on {criterion} accuracy in every relation (Table 1)", len(best), len(tied), len(ranks),
+                f"first in {len(best)} of {len(ranks)} relations, tied for first in {len(tied)}"))
+    ranks = automatic_rank(runs, TABLE1, "relation")
+    if ranks:
+        mean = {v: statistics.fmean(ranks[r][v] for r in ranks) for v in TABLE1}
+        ordered = all(mean[a] < mean[b] for a, b in zip(TABLE1, TABLE1[1:]))
+        flat = len(set(mean.values())) == 1
+        out.append({"claim": "relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)",
+                    "verdict": "holds" if ordered else "cannot tell" if flat else "does not hold",
+                    "evidence": ", ".join(f"{PAPER_NAMES[v]} {mean[v]:.2f}" for v in TABLE1)})
+    for ablation in TABLE2[:-1]:
+        claim = compare(runs, "inv_reversion", ablation, "relation", better="higher",
+                        claim=f"removing {PAPER_NAMES[ablation][4:]} lowers relation accuracy (Table 2)")
+        if claim:
+            out.append(claim)
+    return out + [c for c in (pos_weight_claim(runs), fusion_claim(runs), suppressor_claim(runs)) if c]
+
+
+def compare(runs: Sequence[Mapping], with_: str, without: str, criterion: str, *, better: str, claim: str,
+            relations: Sequence[str] | None = None) -> dict | None:
+    """The claim that ``with_`` is ``better`` ("higher" or "lower") than ``without`` on ``criterion``,
+    pooled over ``relations`` (all by default): holds / does not hold where the intervals are
+    disjoint, cannot tell where they overlap; None without runs of both."""
+    a, b = pooled(runs, with_, criterion, relations), pooled(runs, without, criterion, relations)
+    if a is None or b is None:
+        return None
+    apart = a["ci95"][0] > b["ci95"][1] or b["ci95"][0] > a["ci95"][1]
+    right = a["rate"] > b["rate"] if better == "higher" else a["rate"] < b["rate"]
+    return {"claim": claim, "verdict": ("holds" if right else "does not hold") if apart else "cannot tell",
+            "evidence": f"{_rate(a)} with it vs {_rate(b)} without, {'disjoint' if apart else 'overlapping'} 95% intervals"}
+
+
+def pooled(runs: Sequence[Mapping], variant: str, criterion: str, relations: Sequence[str] | None = None) -> dict | None:
+    """Images of ``variant`` pooled over ``relations`` (all by default) and seeds: rate, interval, n."""
+    key = "fusion" if criterion == "fusion" else criterion
+    hits = [int(image[key]) for r in runs if r["variant"] == variant and (relations is None or r["relation"] in relations)
+            for image in r["images"]]
+    if not hits:
+        return None
+    return {"rate": sum(hits) / len(hits), "ci95": wilson(sum(hits), len(hits)), "n": len(hits)}
+
+
+def relation_kinds(runs: Sequence[Mapping]) -> dict[str, list[str]]:
+    """The runs' relations by kind: behavioural / spatial (the POS weighting's axis), named / unnamed."""
+    from invrev.world.scene import RELATIONS
+
+    found = [r for r in dict.fromkeys(run["relation"] for run in runs) if r in RELATIONS]
+    return {"behavioural": [r for r in found if RELATIONS[r].kind == "behavioural"],
+            "spatial": [r for r in found if RELATIONS[r].kind == "spatial"],
+            "named": [r for r in found if RELATIONS[r].named],
+            "unnamed": [r for r in found if not RELATIONS[r].named]}
+
+
+def kind_table(runs: Sequence[Mapping], criterion: str = "relation", variants: Sequence[str] = VARIANTS) -> str:
+    """A row per kind of relation (behavioural, spatial, named, unnamed), a column per variant:
+    accuracy [95% interval] pooled over the kind's relations and seeds (n images)."""
+    kinds = relation_kinds(runs)
+    lines = ["| relations | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
+             "| --- |" + " --- |" * len(variants)]
+    for kind, relations in kinds.items():
+        if relations:
+            cells = [_rate(pooled(runs, v, criterion, relations)) for v in variants]
+            lines.append(f"| {kind} ({', '.join(relations)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pos_weight_claim(runs: Sequence[Mapping]) -> dict | None:
+    """The POS weighting lifts relation accuracy on behavioural relations (verbs), by more than on spatial ones."""
+    kinds = relation_kinds(runs)
+    if not kinds["behavioural"]:
+        return None
+    claim = compare(runs, "inv_reversion", "no_pos_weight", "relation", better="higher", relations=kinds["behavioural"],
+                    claim="the POS weighting lifts relation accuracy on behavioural relations, those carried by verbs")
+    if claim is None:
+        return None
+    gaps = {}
+    for kind in ("behavioural", "spatial"):
+        a, b = (pooled(runs, v, "relation", kinds[kind]) for v in ("inv_reversion", "no_pos_weight"))
+        if a and b:
+            gaps[kind] = a["rate"] - b["rate"]
+    claim["evidence"] += "; gain " + ", ".join(f"{k} {g:+.2f}" for k, g in gaps.items())
+    return claim
+
+
+def fusion_table(runs: Sequence[Mapping], variants: Sequence[str] = VARIANTS) -> str:
+    """Fusion rate (both entities drawn as one) per relation and pooled, per variant."""
+    relations = list(dict.fromkeys(r["relation"] for r in runs))
+    lines = ["| relation | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
+             "| --- |" + " --- |" * len(variants)]
+    for relation in [*relations, None]:
+        cells = [_rate(pooled(runs, v, "fusion", None if relation is None else [relation])) for v in variants]
+        lines.append(f"| {relation or '**all**'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fusion_claim(runs: Sequence[Mapping]) -> dict | None:
+    """The inverse text expansion is there against entity fusion: it lowers the fusion rate."""
+    return compare(runs, "inv_reversion", "no_inverse", "fusion", better="lower",
+                   claim="the inverse text expansion lowers the fusion rate (its reason in the paper)")
+
+
+def exemplar_hf_share(folder: str | Path, sigma: float = 0.8) -> float:
+    """The share of an exemplar set's (mean-removed) energy that the suppressor at ``sigma`` removes."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from invrev.filters import gaussian_lowpass
+
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise FileNotFoundError(f"no exemplar images in {folder}")
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                     for f in files])
+    x = x - x.mean((-2, -1), keepdim=True)
+    return float(((x - gaussian_lowpass(x, sigma)) ** 2).sum() / (x ** 2).sum())
+
+
+def hf_effects(runs: Sequence[Mapping], data_root: str | Path = "data/world/benchmark") -> list[dict]:
+    """Per relation: the exemplars' high-frequency share (at the runs' own sigma) and the suppressor's
+    effect on relation accuracy (Inv-ReVersion minus w/o HF suppressor), most high-frequency first."""
+    from invrev.runs import repo_path
+
+    rows = []
+    for relation in dict.fromkeys(r["relation"] for r in runs):
+        with_, without = (pooled(runs, v, "relation", [relation]) for v in ("inv_reversion", "no_hf"))
+        if with_ is None or without is None:
+            continue
+        sigma = next((r.get("config", {}).get("hf_sigma") for r in runs if r["relation"] == relation
+                      and r["variant"] == "inv_reversion"), None) or 0.8
+        rows.append({"relation": relation, "hf_share": exemplar_hf_share(repo_path(data_root) / relation, sigma),
+                     "with": with_, "without": without, "effect": with_["rate"] - without["rate"]})
+    return sorted(rows, key=lambda row: -row["hf_share"])
+
+
+def hf_table(rows: Sequence[Mapping]) -> str:
+    lines = ["| relation | exemplar energy above the filter | Inv-ReVersion | w/o HF suppressor | effect |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['relation']} | {r['hf_share']:.1%} | {_rate(r['with'])} | {_rate(r['without'])} | {r['effect']:+.2f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def suppressor_claim(runs: Sequence[Mapping], rows: Sequence[Mapping] | None = None) -> dict | None:
+    """The suppressor helps most where the exemplars hold most high-frequency detail: Spearman's rank
+    correlation between the two over relations, judged at the two-sided 5% level."""
+    rows = hf_effects(runs) if rows is None else rows
+    if len(rows) < 5:
+        return None
+    rho = spearman([r["hf_share"] for r in rows], [r["effect"] for r in rows])
+    bar = SPEARMAN_05.get(len(rows), 1.96 / math.sqrt(len(rows) - 1))
+    verdict = "holds" if rho >= bar else "does not hold" if rho <= -bar else "cannot tell"
+    return {"claim": "the suppressor helps most where the exemplars hold most high-frequency detail", "verdict": verdict,
+            "evidence": f"Spearman ρ = {rho:+.2f} over {len(rows)} relations (|ρ| ≥ {bar:.2f} needed at 5%)"}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties take their mean rank)."""
+    from invrev.ratings import rank
+
+    rx, ry = (rank(dict(enumerate(v))) for v in (x, y))
+    a, b = [rx[i] for i in range(len(x))], [ry[i] for i in range(len(y))]
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(a, b))
+    norm = math.sqrt(sum((p - ma) ** 2 for p in a) * sum((q - mb) ** 2 for q in b))
+    return cov / norm if norm else 0.0
+
+
+def _share_claim(claim: str, hits: int, ties: int, total: int, evidence: str) -> dict:
+    """First in every relation holds; in most, partly; tied where never first, nobody can tell."""
+    verdict = ("holds" if hits == total else "partly holds" if 2 * hits > total
+               else "cannot tell" if hits + ties == total else "does not hold")
+    return {"claim": claim, "verdict": verdict, "evidence": evidence}
+
+
+def _rate(acc: Mapping | None) -> str:
+    if acc is None:
+        return "–"
+    return f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
+
+
+def write(runs: Sequence[Mapping], path: str | Path) -> Path:
+    """The verdicts as JSON (for the README and other tools)."""
+    from invrev.runs import atomic_write_json
+
+    return atomic_write_json(path, json.loads(json.dumps(paper_claims(runs))))

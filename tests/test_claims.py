@@ -1,0 +1,75 @@
+"""The readers' questions answered from runs: relation kinds, fusion, the suppressor and detail."""
+
+import pytest
+
+from invrev import claims, layout
+
+
+def _run(relation, variant, seed, rate, fusion=0.0, n=80):
+    """A fake evaluated run: the first ``rate`` share of its n images pass, the first ``fusion`` share fuse."""
+    images = [{"seed": layout.image_seed(seed, i // 4, i % 4), "prompt": f"p{i // 4}", "entity": i < rate * n,
+               "relation": i < rate * n, "fusion": i < fusion * n} for i in range(n)]
+    return {"relation": relation, "variant": variant, "seed": seed, "images": images, "config": {"hf_sigma": 0.8}}
+
+
+def test_pos_weighting_claim_reads_behavioural_relations_only():
+    runs = [_run(r, "inv_reversion", 0, 0.8) for r in ("hug", "ride_on", "on")]
+    runs += [_run(r, "no_pos_weight", 0, 0.3) for r in ("hug", "ride_on")] + [_run("on", "no_pos_weight", 0, 0.9)]
+    claim = claims.pos_weight_claim(runs)
+    assert claim["verdict"] == "holds" and "behavioural +0.50" in claim["evidence"] and "spatial -0.10" in claim["evidence"]
+    flipped = [{**r, "variant": {"inv_reversion": "no_pos_weight", "no_pos_weight": "inv_reversion"}[r["variant"]]} for r in runs]
+    assert claims.pos_weight_claim(flipped)["verdict"] == "does not hold"
+    close = [_run("hug", "inv_reversion", 0, 0.50), _run("hug", "no_pos_weight", 0, 0.45)]
+    assert claims.pos_weight_claim(close)["verdict"] == "cannot tell"
+    assert claims.pos_weight_claim([_run("on", "inv_reversion", 0, 0.8)]) is None  # no behavioural relation
+    table = claims.kind_table(runs, variants=("inv_reversion", "no_pos_weight")).splitlines()
+    assert table[2].startswith("| behavioural (hug, ride_on) | 0.80 [") and table[3].startswith("| spatial (on) |")
+
+
+def test_fusion_claim_and_table():
+    runs = [_run("hug", "inv_reversion", 0, 0.5, fusion=0.05), _run("hug", "no_inverse", 0, 0.5, fusion=0.40)]
+    assert claims.fusion_claim(runs)["verdict"] == "holds"
+    runs[0]["images"] = _run("hug", "inv_reversion", 0, 0.5, fusion=0.75)["images"]
+    assert claims.fusion_claim(runs)["verdict"] == "does not hold"
+    table = claims.fusion_table(runs, variants=("inv_reversion", "no_inverse")).splitlines()
+    assert table[2] == "| hug | " + table[-1].split("| ", 2)[2] and table[2].startswith("| hug | 0.75 [")
+
+
+def test_exemplar_hf_share_measures_detail(tmp_path):
+    """Fine stripes are mostly above the filter, a flat square almost not at all."""
+    import numpy as np
+    from PIL import Image
+
+    def folder(name, image):
+        path = tmp_path / name
+        path.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path / "0.png")
+        return path
+
+    stripes = np.zeros((32, 32, 3), np.uint8)
+    stripes[:, ::2] = 255
+    square = np.zeros((32, 32, 3), np.uint8)
+    square[8:24, 8:24] = 255
+    assert claims.exemplar_hf_share(folder("stripes", stripes)) > 0.8
+    assert claims.exemplar_hf_share(folder("square", square)) < 0.2
+    with pytest.raises(FileNotFoundError, match="no exemplar images"):
+        claims.exemplar_hf_share(tmp_path)
+
+
+def test_suppressor_claim_follows_the_correlation():
+    rows = [{"relation": f"r{i}", "hf_share": i / 10, "effect": i / 20} for i in range(6)]
+    assert claims.suppressor_claim([], rows)["verdict"] == "holds"
+    assert claims.suppressor_claim([], [{**r, "effect": -r["effect"]} for r in rows])["verdict"] == "does not hold"
+    mixed = [{**r, "effect": e} for r, e in zip(rows, [0.1, -0.1, 0.2, -0.2, 0.0, 0.05])]
+    assert claims.suppressor_claim([], mixed)["verdict"] == "cannot tell"
+    assert claims.suppressor_claim([], rows[:4]) is None
+    assert claims.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_hf_effects_read_the_benchmark_exemplars():
+    runs = [_run(r, v, 0, rate) for r in ("painted_on", "on") for v, rate in (("inv_reversion", 0.6), ("no_hf", 0.5))]
+    rows = claims.hf_effects(runs)
+    assert [r["relation"] for r in rows] == sorted(["painted_on", "on"], key=lambda r: -next(
+        x["hf_share"] for x in rows if x["relation"] == r))
+    assert all(r["effect"] == pytest.approx(0.1) and 0 < r["hf_share"] < 1 for r in rows)
+    assert "| painted_on |" in claims.hf_table(rows)
