@@ -16,12 +16,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.schedulers import KarrasDiffusionSchedulers
-import diffusers
-from transformers import CLIPTextModel, CLIPTokenizer
+
+if TYPE_CHECKING:  # diffusers and transformers load on first use: seconds a notebook that only reads records saves
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_MODEL = "data/world/model"
@@ -135,6 +137,9 @@ class Components:
 
     def inference_scheduler(self, name: str | None = None):
         """The shipped scheduler, or another diffusers scheduler class by name (e.g. "DDIMScheduler")."""
+        import diffusers
+        from diffusers.schedulers import KarrasDiffusionSchedulers
+
         config = dict(self.scheduler_config)
         name = name or config["_class_name"]
         allowed = {s.name for s in KarrasDiffusionSchedulers} | {"DDIMScheduler", "DDPMScheduler"}
@@ -164,6 +169,9 @@ def resolve_model(model: str) -> str:
 
 def load_components(model: str = WORLD_MODEL, revision: str = "main") -> Components:
     """Load tokenizer, text encoder, UNet, schedulers and codec, frozen and in eval mode (on the CPU)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     source = resolve_model(model)
     local = Path(source).is_dir()
     kwargs = {} if local else {"revision": revision}
@@ -187,6 +195,15 @@ def load_components(model: str = WORLD_MODEL, revision: str = "main") -> Compone
     return Components(tokenizer, text_encoder, unet, noise_scheduler, scheduler_config, codec, model, revision, sampling)
 
 
+def quiet_loading() -> None:
+    """No widget progress bars from diffusers or transformers (executed notebooks keep them as noise)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 @functools.lru_cache(maxsize=2)
 def load_components_cached(model: str = WORLD_MODEL, revision: str = "main") -> Components:
     """:func:`load_components`, loaded once per process (notebooks and batches run many inversions)."""
@@ -201,4 +218,6 @@ def _load_codec(source: str, local: bool, kwargs: dict) -> VaeCodec | PixelCodec
             return PixelCodec(int(latent["factor"]))
     if local and not (Path(source) / "vae").is_dir():
         raise ModelError(f"{source} has no vae/ folder and no pixel-space invrev.json: it is not a text-to-image model")
+    from diffusers import AutoencoderKL
+
     return VaeCodec(AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **kwargs))
