@@ -33,7 +33,7 @@ check-book: setup ## read every page of the built book in headless Chromium (sys
 	$(BIN)/python scripts/check_book.py --html book/_build/html --shots outputs/book_check
 
 batch: setup ## the full batch (10 relations x 7 variants x 3 seeds), then the compact record for the book
-	$(BIN)/invrev batch --experiments experiments/full.yaml --runs runs --workers 2
+	$(BIN)/invrev batch --experiments experiments/full.yaml --runs runs --workers 2 --joint 7
 	$(BIN)/invrev collect --runs runs
 
 check-scorer: setup ## validate the world's scorer on fresh renders

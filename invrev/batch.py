@@ -61,9 +61,12 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
             print(f"would run {job.name} -> {job.folder}", flush=True)
         return result
     path = str(repo_path(notebook))
+    started, start = runs.timestamp(), time.perf_counter()
+    joint_seconds = 0.0
     with Pool(workers) as pool:
         if joint > 0:
             _prepare_jointly(pool, todo, joint)
+            joint_seconds = time.perf_counter() - start
         tasks = {job.name: (path, job) for job in todo}
         for count, (name, (error, seconds, line)) in enumerate(pool.run(_run_notebook, tasks), start=len(result.skipped) + 1):
             job = tasks[name][1]
@@ -73,10 +76,44 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
             else:
                 result.done.append(job.name)
                 print(f"[{count}/{len(jobs)}] {job.name}: done in {seconds:.1f} s ({line})", flush=True)
-    print(f"{len(result.done)} run, {len(result.skipped)} skipped, {len(result.failed)} failed", flush=True)
+    seconds = time.perf_counter() - start
+    if todo:
+        log_batch(runs_root, {
+            "started": started, "finished": runs.timestamp(), "seconds": round(seconds, 1),
+            "joint_seconds": round(joint_seconds, 1), "notebook_seconds": round(seconds - joint_seconds, 1),
+            "experiment": experiment.source, "relations": relations, "variants": variants, "seeds": seeds,
+            "params": params, "workers": workers, "joint": joint, "cpus": os.cpu_count(), "device": _device(),
+            "runs": {"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed)},
+            "git": runs.git_state()})
+    print(f"{len(result.done)} run, {len(result.skipped)} skipped, {len(result.failed)} failed in {seconds / 60:.1f} min",
+          flush=True)
     for name, error in result.failed.items():
         print(f"  FAILED {name}: {headline(error)} (see {Path(runs_root) / name / 'failed.json'})", flush=True)
     return result
+
+
+BATCH_LOG = "batches.jsonl"
+
+
+def log_batch(runs_root: str | Path, entry: Mapping[str, Any]) -> Path:
+    """Append one invocation's line to ``<runs_root>/batches.jsonl``: when, how long (the joint phase
+    and the notebooks apart), what, where (workers, CPUs, device) and with what outcome. A batch run
+    in several invocations (seed by seed, or resumed) has one line each; ``invrev collect`` keeps
+    them with the record."""
+    path = Path(runs_root) / BATCH_LOG
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return runs.atomic_write_text(path, "\n".join([*lines, json.dumps(entry, sort_keys=True)]) + "\n")
+
+
+def read_batch_log(runs_root: str | Path) -> list[dict]:
+    path = Path(runs_root) / BATCH_LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
 
 
 def headline(error: str) -> str:

@@ -151,7 +151,8 @@ def _add_batch_commands(sub) -> None:
     p.add_argument("--experiments", required=True, help="experiment file, e.g. experiments/full.yaml or experiments/smoke.yaml")
     p.add_argument("--runs", default="runs", help="runs root (default: runs)")
     p.add_argument("--workers", type=int, default=1, help="notebooks run side by side; one GPU each where several (default 1)")
-    p.add_argument("--joint", type=int, default=0, metavar="K", help="first train K runs at a time in one process (default 0: off)")
+    p.add_argument("--joint", type=int, default=0, metavar="K", help="first train and evaluate the runs in groups of K of one relation, one process per group "
+                   "(the model loads once); the notebooks then show the record (default 0: off)")
     p.add_argument("--notebook", default=RUN_NOTEBOOK, help=f"run notebook (default {RUN_NOTEBOOK})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run-notebook parameter for every run, e.g. --set steps=100 (JSON values; repeatable)")

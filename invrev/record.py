@@ -121,6 +121,7 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
     for ratings in sorted(src.rglob("ratings.csv")):
         (staging / ratings.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ratings, staging / ratings.relative_to(src))
+    _keep_batch_log(src, dest if kept else None, staging)
     before = json.loads((dest / "collected.json").read_text()) if earlier else {}
     example = _example_run(found, src, staging, dest, before.get("example_run"), kept)
     if not execute and (dest / "20_results.ipynb").is_file():
@@ -129,7 +130,7 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
               flush=True)
     merged = load_runs(staging)
     runs.atomic_write_json(staging / "collected.json", {
-        "source": str(src.resolve()), "collected": runs.timestamp(), "git": runs.git_state(), "example_run": example,
+        "source": _source_name(src), "collected": runs.timestamp(), "git": runs.git_state(), "example_run": example,
         "new": sorted(names), "kept_from_earlier": sorted(_name(run, dest) for run in kept),
         "runs": [_name(run, staging) for run in merged]})
     if dest.exists():
@@ -144,6 +145,22 @@ def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest",
     if execute:
         execute_notebook(runs.repo_path(results_notebook), dest / "20_results.ipynb", {"runs_root": runs.repo_relative(dest)})
     return dest
+
+
+def _keep_batch_log(src: Path, earlier: Path | None, staging: Path) -> None:
+    """The batch invocations that made the record (``batches.jsonl``): the source's, after the
+    earlier record's when runs of it are kept; a line already there is not repeated."""
+    from invrev.batch import BATCH_LOG, read_batch_log
+
+    entries = (read_batch_log(earlier) if earlier else []) + read_batch_log(src)
+    lines = list(dict.fromkeys(json.dumps(e, sort_keys=True) for e in entries))
+    if lines:
+        runs.atomic_write_text(staging / BATCH_LOG, "\n".join(lines) + "\n")
+
+
+def _source_name(src: Path) -> str:
+    """Where the runs came from, as the record may say it: relative to the repository, else the folder's name."""
+    return runs.repo_relative(src) if src.resolve().is_relative_to(runs.REPO_ROOT) else src.resolve().name
 
 
 def _example_run(found: list[dict], src: Path, staging: Path, dest: Path, earlier: str | None,

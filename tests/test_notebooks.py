@@ -121,9 +121,13 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
     for variant in ("sd", "inv_reversion"):
         assert "already evaluated with these settings" in _read(runs.run_dir(root, "hanging_from", variant, 0) / "run.ipynb")
     assert "--relations hanging_from --variants inv_reversion --seeds 0" in json.loads((trained / "batch.json").read_text())["command"]
+    (entry,) = batch.read_batch_log(root)  # one line per invocation that ran something
+    assert entry["runs"] == {"done": 2, "skipped": 0, "failed": 0} and entry["joint"] == 2 and entry["cpus"] >= 1
+    assert 0 < entry["joint_seconds"] < entry["seconds"] and entry["device"] == "CPU" and entry["git"]["commit"]
     stamp = (trained / "run.ipynb").stat().st_mtime_ns
     again = batch.run_batch(experiment, root)
     assert again.done == [] and len(again.skipped) == 2 and (trained / "run.ipynb").stat().st_mtime_ns == stamp
+    assert len(batch.read_batch_log(root)) == 1  # nothing ran: nothing logged
     assert "skipped (complete, same config)" in capsys.readouterr().out
     # a changed parameter is a different run: it is not skipped
     assert [j.name for j in experiments.plan(experiments.load_experiment(experiment), root, overrides={"steps": 3})
@@ -305,11 +309,13 @@ def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     """A fresh clone has the record but no runs/: collecting one new seed must add to the record,
     not shrink it; runs on another model are refused, and --replace starts afresh."""
     old = _fake_runs(tmp_path / "old", seeds=(0, 1))
+    batch.log_batch(old, {"seeds": [0, 1], "seconds": 60.0})
     (runs.run_dir(old, "on", "inv_reversion", 0) / "run.ipynb").write_text("the example the book shows")
     dest = record.collect(old, tmp_path / "latest", execute=False)
     (dest / "ratings.csv").write_text((dest / "ratings.csv").read_text() + "a row someone added in the record\n")
     (dest / "20_results.ipynb").write_text("results as executed earlier")
     new = _fake_runs(tmp_path / "new", seeds=(1, 2))  # seed 1 rerun, seed 2 new
+    batch.log_batch(new, {"seeds": [1, 2], "seconds": 30.0})
     (runs.run_dir(new, "on", "no_hf", 2) / "run.ipynb").write_text("an ablation's notebook")
     for metrics in new.glob("*/*/seed1/eval/metrics.json"):
         data = json.loads(metrics.read_text())
@@ -320,6 +326,8 @@ def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
     assert sorted({r["seed"] for r in found}) == [0, 1, 2] and len(found) == 2 * 7 * 3
     assert {r["summary"]["entity_accuracy"] for r in found if r["seed"] == 1} == {0.75}  # the source's rerun wins
     collected = json.loads((dest / "collected.json").read_text())
+    assert [e["seconds"] for e in batch.read_batch_log(dest)] == [60.0, 30.0]  # both invocations that made the record
+    assert collected["source"] == "new" and str(tmp_path) not in (dest / "collected.json").read_text()
     assert len(collected["kept_from_earlier"]) == 14 and all(name.endswith("seed0") for name in collected["kept_from_earlier"])
     assert "a row someone added in the record" in (new / "ratings.csv").read_text()  # carried into the source
     assert "a row someone added in the record" in (dest / "ratings.csv").read_text()
