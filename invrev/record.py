@@ -86,6 +86,20 @@ def sampling_note(found: list[dict]) -> str:
             "(at its own settings it draws named relations correctly); a rerun at those settings is pending.")
 
 
+def coverage_note(found: list[dict], experiment: str | Path = "experiments/full.yaml") -> str:
+    """One sentence while the record holds only part of the full batch (which seeds it has); "" when whole."""
+    from invrev.experiments import load_experiment
+
+    full = load_experiment(experiment)
+    planned = {(r, v, k) for r in full.relations for v in full.variants for k in full.seeds}
+    held = {(r["relation"], r["variant"], r["seed"]) for r in found} & planned
+    if not found or held == planned:
+        return ""
+    seeds = sorted({k for _, _, k in held})
+    return (f"The record holds {len(held)} of the {len(planned)} runs of `{experiment}` (seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))}); intervals are over images, and the spread over seeds awaits the other seeds.")
+
+
 def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, replace: bool = False,
             execute: bool = True, results_notebook: str | Path = RESULTS_NOTEBOOK) -> Path:
     """Copy every evaluated run's compact record (and any ``ratings.csv``) from ``runs_root`` into

@@ -279,6 +279,7 @@ def test_collect_and_the_results_notebook(tmp_path):
     text = _text(nbformat.read(dest / "20_results.ipynb", as_version=4))
     assert "28 runs" in text and "| **all** |" in text and "user " in text
     assert "checked claims hold on the relation world" in text
+    assert "holds 28 of the 210 runs of `experiments/full.yaml` (seeds 0, 1)" in text  # a partial record says so
     # ratings a person saved into the record survive the next collect (kept in the source too)
     mine = dest / "study" / "ratings.csv"
     ratings.append_ratings(mine, ratings.rows_for("bo", ratings.sample_rating_set("on", random.Random(1)), "entity",
