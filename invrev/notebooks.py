@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,6 +44,9 @@ def execute(notebook: str | Path, out: str | Path, parameters: Mapping[str, Any]
 
     The kernel talks over IPC (Unix sockets) rather than TCP where the system has them: local only,
     and without ipykernel's "running over TCP without encryption" warning between the progress lines.
+    Each kernel's sockets live under a folder of its own: jupyter_client's default names them
+    ``kernel-ipc-<n>`` in the working folder, which two batch workers then share, so two kernels
+    could bind the same socket ("Invalid Signature", "Kernel didn't respond").
     """
     import papermill
 
@@ -57,7 +62,18 @@ def _kernel_manager() -> type:
     class LocalKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp" if os.name == "nt" else "ipc", config=True)
 
+        def _ip_default(self) -> str:
+            if self.transport != "ipc":
+                return super()._ip_default()
+            return os.path.join(_socket_folder(), uuid.uuid4().hex[:16])  # <folder>/<id>-<port> per channel
+
     return LocalKernelManager
+
+
+@functools.cache
+def _socket_folder() -> str:
+    """A private folder for this process's kernel sockets (short: Unix socket paths stop at 107 bytes)."""
+    return tempfile.mkdtemp(prefix="invrev-kernels-")
 
 
 def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = None) -> list[Path]:

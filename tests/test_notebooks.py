@@ -387,3 +387,16 @@ def test_the_record_keeps_the_grid_rows_the_book_shows(tmp_path):
     full, kept = Image.open(tmp_path / "grid.png"), Image.open(tmp_path / "kept.png")
     assert kept.size == (full.width, 2 + 2 * 34) and full.height == 2 + 4 * 34  # prompts 0-3 of 8
     assert np.array_equal(np.asarray(kept), np.asarray(full)[: kept.height])
+
+
+def test_kernels_do_not_share_sockets():
+    """Two kernels (two batch workers) never bind the same IPC socket: jupyter_client's default names
+    them kernel-ipc-<n> in the working folder, and a 2-worker batch lost 4 of 70 notebooks to it."""
+    import os
+
+    manager = notebooks._kernel_manager()
+    a, b = manager(kernel_name=notebooks.KERNEL), manager(kernel_name=notebooks.KERNEL)
+    if a.transport != "ipc":
+        pytest.skip("TCP transport on this system: ports are chosen free by the OS")
+    assert a.ip != b.ip and os.path.isabs(a.ip) and os.path.dirname(a.ip) == os.path.dirname(b.ip)
+    assert len(f"{a.ip}-65535".encode()) < 107  # Unix socket paths stop at 107 bytes
