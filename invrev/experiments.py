@@ -206,8 +206,9 @@ def _check_type(key: str, value: Any, default: Any) -> None:
 def already_run(job: Job) -> bool:
     """What the batch skips: trained with this config (:func:`invrev.runs.is_complete`), evaluated
     with these settings of that training on this model (:func:`invrev.evaluate.recorded`), and its
-    notebook saved."""
-    if not runs.is_complete(job.folder, job.config_json) or not (job.folder / "run.ipynb").is_file():
+    notebook saved by a run that did not fail (a failed notebook is saved too, beside ``failed.json``)."""
+    if (not runs.is_complete(job.folder, job.config_json) or not (job.folder / "run.ipynb").is_file()
+            or (job.folder / "failed.json").is_file()):
         return False
     return evaluated(job)
 

@@ -132,6 +132,14 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
     # a changed parameter is a different run: it is not skipped
     assert [j.name for j in experiments.plan(experiments.load_experiment(experiment), root, overrides={"steps": 3})
             if not experiments.already_run(j)] == ["hanging_from/sd/seed0", "hanging_from/inv_reversion/seed0"]
+    # a notebook that failed after training and evaluation were done (its partial run.ipynb saved) is run again
+    failed = runs.run_dir(root, "hanging_from", "sd", 0) / "failed.json"
+    failed.write_text("{}")
+    try:
+        assert [j.name for j in experiments.plan(experiments.load_experiment(experiment), root)
+                if not experiments.already_run(j)] == ["hanging_from/sd/seed0"]
+    finally:
+        failed.unlink()
 
 
 def test_joint_evaluation_is_the_notebooks_own(batch_runs, tmp_path):
