@@ -197,7 +197,8 @@ def _example_run(found: list[dict], src: Path, staging: Path, dest: Path, earlie
 
 
 def without_machine_paths(notebook: Path) -> None:
-    """Write an executed run notebook's absolute runs root as its last part (``runs``).
+    """Write an executed run notebook's absolute runs root as its last part (``runs``), and its
+    papermill output path from there on.
 
     The batch gives papermill a runs root inside the repository relative to it; one outside it stays
     absolute, which the book would show as the folders of the machine the batch ran on (in the
@@ -205,6 +206,8 @@ def without_machine_paths(notebook: Path) -> None:
     text = notebook.read_text()
     for root in set(re.findall(r'"runs_root": "(/[^"]+)"', text)):  # papermill's record of the parameters
         text = text.replace(root, Path(root).name)
+    for out in set(re.findall(r'"output_path": "(/[^"]+)"', text)):  # <root>/<relation>/<variant>/seed<k>/run.ipynb
+        text = text.replace(out, Path(*Path(out).parts[-5:]).as_posix())
     notebook.write_text(text)
 
 

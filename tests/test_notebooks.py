@@ -306,12 +306,14 @@ def test_the_example_run_notebook_names_no_folder_of_the_machine_it_ran_on(tmp_p
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(f'runs_root = "{root}"', outputs=[nbformat.v4.new_output(
             "stream", text=f"on / sd / seed 0 -> {root}/on/sd/seed0\n")])],
-        metadata={"papermill": {"parameters": {"runs_root": str(root), "seed": 0}}})
+        metadata={"papermill": {"parameters": {"runs_root": str(root), "seed": 0},
+                                "output_path": f"{root}/on/sd/seed0/run.ipynb"}})
     nbformat.write(notebook, tmp_path / "run.ipynb")
     record.without_machine_paths(tmp_path / "run.ipynb")
     text = (tmp_path / "run.ipynb").read_text()
     assert str(tmp_path) not in text and "-> runs/on/sd/seed0" in text and 'runs_root = \\"runs\\"' in text
-    assert nbformat.read(tmp_path / "run.ipynb", as_version=4).metadata.papermill.parameters.runs_root == "runs"
+    papermill_record = nbformat.read(tmp_path / "run.ipynb", as_version=4).metadata.papermill
+    assert papermill_record.parameters.runs_root == "runs" and papermill_record.output_path == "runs/on/sd/seed0/run.ipynb"
 
 
 def test_collect_merges_a_partial_batch_into_the_record(tmp_path, capsys):
