@@ -147,31 +147,26 @@ def _prepare_jointly(pool: Pool, todo: list[Job], k: int) -> None:
 def _prepare_group(members: list[tuple[str, str, str, dict]]) -> tuple[str | None, float, float]:
     """Train the group's unfinished runs together, then evaluate each run whose evaluation is missing
     or stale, exactly as the run notebook would. Returns (error, training s, evaluation s)."""
-    import transformers
+    from invrev import evaluate, models, trainer
+    from invrev.experiments import eval_settings
 
-    from invrev import evaluate, trainer
-
-    transformers.utils.logging.disable_progress_bar()
+    models.quiet_loading()
     train_s = eval_s = 0.0
     try:
         start = time.perf_counter()
         configs = [TrainConfig.from_params(json.loads(c)) for _, c, _, _ in members]
         folders = [Path(f) for _, _, f, _ in members]
         components = evaluate.components_for_inference(configs[0].model, configs[0].revision)
-        todo = [i for i, c in enumerate(configs) if not runs.is_complete(folders[i], members[i][1])]
+        todo = [i for i, (_, c, _, _) in enumerate(members) if not runs.is_complete(folders[i], c)]
         if todo:
             trainer.train_many([configs[i] for i in todo], [folders[i] for i in todo], components=components,
                                resume=True, progress=False)
         train_s = time.perf_counter() - start
         start = time.perf_counter()
-        for (_, _, _, p), folder in zip(members, folders):
-            settings = dict(model=p["model"], relation=p["relation"], variant=p["variant"], seed=p["seed"],
-                            prompts=p["eval_prompts"], samples=p["eval_samples"], steps=p["eval_steps"],
-                            guidance=p["eval_guidance"])
-            if evaluate.recorded(folder / "eval", folder, **settings) is None:
-                evaluate.evaluate(p["model"], p["relation"], p["variant"], folder, seed=p["seed"], prompts=p["eval_prompts"],
-                                  samples=p["eval_samples"], steps=p["eval_steps"], guidance=p["eval_guidance"],
-                                  out=folder / "eval", components=components)
+        for (_, _, _, params), folder in zip(members, folders):
+            settings = eval_settings(params)
+            if evaluate.recorded(folder / "eval", folder, model=params["model"], **settings) is None:
+                evaluate.evaluate(params["model"], run_folder=folder, out=folder / "eval", components=components, **settings)
         eval_s = time.perf_counter() - start
         return None, train_s, eval_s
     except Exception as err:  # a batch keeps going: the runs' notebooks retry and record the failure

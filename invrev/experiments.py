@@ -217,7 +217,11 @@ def evaluated(job: Job) -> bool:
     """The run's held-out evaluation is in its folder, made with the job's settings."""
     from invrev import evaluate
 
-    p = job.params
-    return evaluate.recorded(job.folder / "eval", job.folder, model=p["model"], relation=job.relation,
-                             variant=job.variant, seed=job.seed, prompts=p["eval_prompts"],
-                             samples=p["eval_samples"], steps=p["eval_steps"], guidance=p["eval_guidance"]) is not None
+    return evaluate.recorded(job.folder / "eval", job.folder, model=job.params["model"], **eval_settings(job.params)) is not None
+
+
+def eval_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The run notebook's parameters as :func:`invrev.evaluate.evaluate` takes them (model and folders apart)."""
+    return {"relation": params["relation"], "variant": params["variant"], "seed": params["seed"],
+            "prompts": params["eval_prompts"], "samples": params["eval_samples"], "steps": params["eval_steps"],
+            "guidance": params["eval_guidance"]}
