@@ -15,7 +15,6 @@ the reasons the paper gives for its three components:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -75,9 +74,9 @@ def compare(runs: Sequence[Mapping], with_: str, without: str, criterion: str, *
 
 
 def pooled(runs: Sequence[Mapping], variant: str, criterion: str, relations: Sequence[str] | None = None) -> dict | None:
-    """Images of ``variant`` pooled over ``relations`` (all by default) and seeds: rate, interval, n."""
-    key = "fusion" if criterion == "fusion" else criterion
-    hits = [int(image[key]) for r in runs if r["variant"] == variant and (relations is None or r["relation"] in relations)
+    """Images of ``variant`` pooled over ``relations`` (all by default) and seeds: the rate of
+    ``criterion`` ("entity", "relation" or "fusion"), its Wilson 95% interval, n; None without images."""
+    hits = [int(image[criterion]) for r in runs if r["variant"] == variant and (relations is None or r["relation"] in relations)
             for image in r["images"]]
     if not hits:
         return None
@@ -222,9 +221,3 @@ def _rate(acc: Mapping | None) -> str:
         return "–"
     return f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
 
-
-def write(runs: Sequence[Mapping], path: str | Path) -> Path:
-    """The verdicts as JSON (for the README and other tools)."""
-    from invrev.runs import atomic_write_json
-
-    return atomic_write_json(path, json.loads(json.dumps(paper_claims(runs))))
