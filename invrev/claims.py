@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from invrev.config import TABLE1, TABLE2, VARIANTS
-from invrev.evaluate import wilson
 from invrev.ratings import CRITERIA, PAPER_NAMES, accuracy, automatic_rank
 
 SPEARMAN_05 = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648, 11: 0.618, 12: 0.587}  # two-sided 5%
@@ -74,13 +73,11 @@ def compare(runs: Sequence[Mapping], with_: str, without: str, criterion: str, *
 
 
 def pooled(runs: Sequence[Mapping], variant: str, criterion: str, relations: Sequence[str] | None = None) -> dict | None:
-    """Images of ``variant`` pooled over ``relations`` (all by default) and seeds: the rate of
-    ``criterion`` ("entity", "relation" or "fusion"), its Wilson 95% interval, n; None without images."""
-    hits = [int(image[criterion]) for r in runs if r["variant"] == variant and (relations is None or r["relation"] in relations)
-            for image in r["images"]]
-    if not hits:
-        return None
-    return {"rate": sum(hits) / len(hits), "ci95": wilson(sum(hits), len(hits)), "n": len(hits)}
+    """:func:`invrev.ratings.accuracy` of ``criterion`` ("entity", "relation" or "fusion") over several
+    relations (all by default): images pooled over them and the seeds; None without images."""
+    chosen = [r for r in runs if relations is None or r["relation"] in relations]
+    acc = accuracy(chosen, variant, criterion)
+    return acc if acc and acc["n"] else None
 
 
 def relation_kinds(runs: Sequence[Mapping]) -> dict[str, list[str]]:
