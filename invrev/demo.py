@@ -58,8 +58,11 @@ def run(relation: str, out: str | Path, benchmark: Path, model: str, *, steps: i
     return {"words": b, "learned": s}
 
 
+GAP = 4  # px of white between and around the mosaic's tiles
+
+
 def _mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int, scale: int = 4,
-            frame: int = 4, gap: int = 4) -> np.ndarray:
+            frame: int = 4, gap: int = GAP) -> np.ndarray:
     """Tiles ``rows`` x ``columns`` on white, each upscaled (nearest) inside a ``frame`` px border:
     green where the scorer finds the relation, light grey where not."""
     h, w = images[0].shape[0] * scale, images[0].shape[1] * scale
@@ -70,6 +73,13 @@ def _mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int,
         canvas[y:y + h + 2 * frame, x:x + w + 2 * frame] = (42, 157, 58) if hits[i] else (200, 200, 200)
         canvas[y + frame:y + frame + h, x + frame:x + frame + w] = images[i].repeat(scale, 0).repeat(scale, 1)
     return canvas
+
+
+def _row_centres(height: int, rows: int) -> list[float]:
+    """The y of each row's centre in a mosaic ``height`` px high (a tile and the gap below it per
+    row), in imshow's coordinates, where pixel i is centred on i."""
+    tile = (height - GAP) / rows
+    return [GAP + tile * r + (tile - GAP - 1) / 2 for r in range(rows)]
 
 
 def side_by_side(relation: str, base: dict, learned: dict, path: Path) -> Path:
@@ -89,8 +99,7 @@ def side_by_side(relation: str, base: dict, learned: dict, path: Path) -> Path:
         mosaic = _mosaic(result["image_arrays"][:n], hits, rows, SAMPLES)
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_xticks([])
-        tile = (mosaic.shape[0] - 4) / rows
-        ax.set_yticks([4 + tile * (r + 0.5) for r in range(rows)])
+        ax.set_yticks(_row_centres(mosaic.shape[0], rows))
         labels = []
         for r in range(rows):
             a, _, b = base["images"][r * SAMPLES]["prompt"].removeprefix("a ").partition(f" {words} a ")
