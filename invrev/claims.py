@@ -8,7 +8,9 @@ the reasons the paper gives for its three components:
 - the POS weighting is for relations carried by verbs, so it should help behavioural relations
   (``kind_table``, :func:`pos_weight_claim`);
 - the inverse text expansion is against entity fusion, so it should lower the fusion rate
-  (``fusion_table``, :func:`fusion_claim`);
+  (``rate_table(runs, "fusion")``, :func:`fusion_claim`); and since it trains ``<r>`` in
+  "B ``<inv>`` ``<r>`` A" too, the reversed rate (``rate_table(runs, "reversed")``) shows whether
+  ``<r>`` learns the relation the wrong way round;
 - the suppressor removes high-frequency detail that does not carry the relation, so it should help
   most where the exemplars hold most of it (``hf_table``, :func:`suppressor_claim`).
 """
@@ -122,13 +124,14 @@ def pos_weight_claim(runs: Sequence[Mapping]) -> dict | None:
     return claim
 
 
-def fusion_table(runs: Sequence[Mapping], variants: Sequence[str] = VARIANTS) -> str:
-    """Fusion rate (both entities drawn as one) per relation and pooled, per variant."""
+def rate_table(runs: Sequence[Mapping], criterion: str, variants: Sequence[str] = VARIANTS) -> str:
+    """The rate of ``criterion`` (a per-image field: "fusion", "reversed", ...) per relation and
+    pooled, per variant: rate [95% interval] (n images); "–" where a variant has no runs."""
     relations = list(dict.fromkeys(r["relation"] for r in runs))
     lines = ["| relation | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
              "| --- |" + " --- |" * len(variants)]
     for relation in [*relations, None]:
-        cells = [_rate(pooled(runs, v, "fusion", None if relation is None else [relation])) for v in variants]
+        cells = [_rate(pooled(runs, v, criterion, None if relation is None else [relation])) for v in variants]
         lines.append(f"| {relation or '**all**'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """Automatic evaluation on the relation world: generate held-out test prompts, score every image.
 
 Entity accuracy, relation accuracy and fusion rate come from the world's exact scorer (no human
-study needed), with Wilson 95% intervals over images. Prompts use the learned ``<r>`` for trained
+study needed), with Wilson 95% intervals over images; so does the reversed rate, how often an image
+draws the relation with A and B swapped (a direction check). Prompts use the learned ``<r>`` for trained
 variants and the relation in words for ``sd`` (the paper's Table 1 baseline).
 """
 
@@ -85,8 +86,8 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     for i, image in enumerate(images):
         item = (items + seen)[i // samples]
         s = scorer.score(image, item["a"], relation, item["b"])
-        records.append({"prompt": texts[i], "seed": seeds[i], "entity": bool(s.entity),
-                        "relation": bool(s.relation), "fusion": bool(s.fusion)})
+        records.append({"prompt": texts[i], "seed": seeds[i], "entity": bool(s.entity), "relation": bool(s.relation),
+                        "fusion": bool(s.fusion), "reversed": drawn_reversed(image, item["a"], relation, item["b"])})
     records, seen_records = records[: len(items) * samples], records[len(items) * samples:]
     images = images[: len(items) * samples]
     summary = summarise(records)
@@ -103,6 +104,14 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     if keep_images:
         result["image_arrays"] = images
     return result
+
+
+def drawn_reversed(image, a, relation: str, b) -> bool:
+    """The image draws the relation the wrong way round: it passes as "B <relation> A" (never for a
+    symmetric relation, where both are the same scene)."""
+    from invrev.world import scene, scorer
+
+    return not scene.ALL_RELATIONS[relation].symmetric and bool(scorer.score(image, b, relation, a).relation)
 
 
 def recorded(out: str | Path, run_folder: str | Path | None, *, model: str, relation: str, variant: str, seed: int,
@@ -139,4 +148,7 @@ def summarise(records: list[dict]) -> dict:
         hits = sum(r[key] for r in records)
         summary[f"{key}_accuracy" if key != "fusion" else "fusion_rate"] = hits / n if n else 0.0
         summary[f"{key}_ci95"] = wilson(hits, n)
+    if records and all("reversed" in r for r in records):  # records before the direction check lack it
+        hits = sum(r["reversed"] for r in records)
+        summary["reversed_rate"], summary["reversed_ci95"] = hits / n, wilson(hits, n)
     return summary

@@ -31,7 +31,7 @@ def test_fusion_claim_and_table():
     assert claims.fusion_claim(runs)["verdict"] == "holds"
     runs[0]["images"] = _run("hug", "inv_reversion", 0, 0.5, fusion=0.75)["images"]
     assert claims.fusion_claim(runs)["verdict"] == "does not hold"
-    table = claims.fusion_table(runs, variants=("inv_reversion", "no_inverse")).splitlines()
+    table = claims.rate_table(runs, "fusion", ("inv_reversion", "no_inverse")).splitlines()
     assert table[2] == "| hug | " + table[-1].split("| ", 2)[2] and table[2].startswith("| hug | 0.75 [")
 
 

@@ -121,6 +121,22 @@ def test_swapping_entities_changes_the_scene_and_the_verdict(relation):
         assert not scorer.score(image, b, relation, a).agrees
 
 
+@pytest.mark.parametrize("relation", ASYMMETRIC)
+def test_the_direction_check_finds_a_relation_drawn_the_wrong_way_round(relation):
+    from invrev.evaluate import drawn_reversed
+
+    for seed in range(4):
+        a, b = scene.sample_pair(np.random.default_rng(seed))
+        assert not drawn_reversed(render.render(a, relation, b, np.random.default_rng(seed)), a, relation, b)
+        assert drawn_reversed(render.render(b, relation, a, np.random.default_rng(seed)), a, relation, b)
+
+
+def test_a_symmetric_relation_is_never_drawn_reversed():
+    from invrev.evaluate import drawn_reversed
+
+    assert not drawn_reversed(render.render(RED_CIRCLE, "next_to", BLUE_SQUARE, np.random.default_rng(0)), BLUE_SQUARE, "next_to", RED_CIRCLE)
+
+
 @pytest.mark.parametrize("relation", ALL_RELATIONS)
 def test_scorer_agrees_with_the_renderer(checked, relation):
     row = checked[relation]

@@ -41,6 +41,7 @@ def test_every_variant_trains_and_evaluates(variant, world, tmp_path):
     assert (folder / "eval" / "grid.png").is_file()
     prompts = [r["prompt"] for r in result["images"]]
     assert all(("<r>" in p) == (variant != "sd") for p in prompts)
+    assert all(isinstance(r["reversed"], bool) for r in result["images"]) and 0.0 <= summary["reversed_rate"] <= 1.0
 
 
 def test_demo_draws_words_and_the_learned_token_side_by_side(tmp_path, capsys):
@@ -53,3 +54,41 @@ def test_demo_draws_words_and_the_learned_token_side_by_side(tmp_path, capsys):
     assert "in words" in out and "with the learned <r>" in out
     assert result["words"]["n"] == result["learned"]["n"] == demo.SAMPLES
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "runs" / "painted_on" / "inv_reversion" / "seed0" / "learned").is_dir()
+
+
+def test_direction_check_adds_reversed_hits_only_where_the_images_are_the_recorded_ones(world, tmp_path, capsys):
+    """scripts/direction_check.py on two runs recorded without the direction check: it adds it to the
+    run whose images it regenerates exactly and leaves the one whose record it cannot reproduce."""
+    import importlib.util
+
+    from invrev.experiments import eval_settings
+
+    spec = importlib.util.spec_from_file_location("direction_check", REPO_ROOT / "scripts" / "direction_check.py")
+    direction_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(direction_check)
+    for relation in ("on", "hanging_from"):
+        info = scene.RELATIONS[relation]
+        config = make_config(BENCHMARK / relation, "textual_inversion", "world", steps=2, batch_size=2,
+                             relation_words=info.words, lambda_verb=info.lambda_verb)
+        folder = trainer.train(config, tmp_path / relation / "textual_inversion" / "seed0", components=world, progress=False)
+        params = {"model": WORLD_MODEL, "relation": relation, "variant": "textual_inversion", "seed": 0,
+                  "eval_prompts": 2, "eval_samples": 2, "eval_steps": 2, "eval_guidance": None}
+        (folder / "batch.json").write_text(json.dumps({"parameters": params}))
+        evaluate.evaluate(WORLD_MODEL, run_folder=folder, out=folder / "eval", components=world, **eval_settings(params))
+        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        for image in metrics["images"]:  # as recorded before the direction check
+            del image["reversed"]
+        del metrics["summary"]["reversed_rate"], metrics["summary"]["reversed_ci95"]
+        if relation == "on":  # a record these images do not reproduce
+            metrics["images"][0]["relation"] = not metrics["images"][0]["relation"]
+        (folder / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    before = (tmp_path / "on" / "textual_inversion" / "seed0" / "eval" / "metrics.json").read_text()
+
+    checked = direction_check.main(["--runs", str(tmp_path), "--variants", "textual_inversion", "--write"])
+
+    assert [r["relation"] for r in checked] == ["hanging_from"]
+    assert "1 of 4 images differ from the record: left alone" in capsys.readouterr().out
+    assert (tmp_path / "on" / "textual_inversion" / "seed0" / "eval" / "metrics.json").read_text() == before
+    written = json.loads((tmp_path / "hanging_from" / "textual_inversion" / "seed0" / "eval" / "metrics.json").read_text())
+    assert [i["reversed"] for i in written["images"]] == [i["reversed"] for i in checked[0]["images"]]
+    assert written["summary"]["reversed_rate"] == sum(i["reversed"] for i in written["images"]) / 4
