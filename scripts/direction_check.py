@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from invrev import claims, evaluate, record, runs
+from invrev import claims, evaluate, models, record, runs
 from invrev.experiments import eval_settings
 
 VARIANTS = ("textual_inversion", "reversion", "inv_reversion", "no_inverse")
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = [_name(r) for r in chosen if not r["batch"].get("parameters")]
     if unknown:
         raise SystemExit(f"{', '.join(unknown)}: no batch.json parameters, so the evaluation settings are unknown")
-    models = {r["batch"]["parameters"]["model"] for r in chosen}
-    if len(models) != 1:
-        raise SystemExit(f"the runs were evaluated on several models ({sorted(models)}): choose them with --relations/--seeds")
-    components = evaluate.components_for_inference(models.pop())
+    used = {r["batch"]["parameters"]["model"] for r in chosen}
+    if len(used) != 1:
+        raise SystemExit(f"the runs were evaluated on several models ({sorted(used)}): choose them with --relations/--seeds")
+    models.quiet_loading()
+    components = evaluate.components_for_inference(used.pop())
     checked, start = [], time.perf_counter()
     for i, run in enumerate(chosen, 1):
         params = run["batch"]["parameters"]
