@@ -126,7 +126,7 @@ def pos_weight_claim(runs: Sequence[Mapping]) -> dict | None:
 
 def rate_table(runs: Sequence[Mapping], criterion: str, variants: Sequence[str] = VARIANTS) -> str:
     """The rate of ``criterion`` (a per-image field: "fusion", "reversed", ...) per relation and
-    pooled, per variant: rate [95% interval] (n images); "–" where a variant has no runs."""
+    pooled, per variant: rate [95% interval]; "–" where a variant has no runs."""
     relations = list(dict.fromkeys(r["relation"] for r in runs))
     lines = ["| relation | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
              "| --- |" + " --- |" * len(variants)]
