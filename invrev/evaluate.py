@@ -144,11 +144,9 @@ def _trained(run_folder: str | Path | None) -> str | None:
 def summarise(records: list[dict]) -> dict:
     n = len(records)
     summary = {"n": n}
-    for key in METRICS:
+    checked = records and all("reversed" in r for r in records)  # records before the direction check lack it
+    for key in METRICS + (("reversed",) if checked else ()):
         hits = sum(r[key] for r in records)
-        summary[f"{key}_accuracy" if key != "fusion" else "fusion_rate"] = hits / n if n else 0.0
+        summary[f"{key}_accuracy" if key in ("entity", "relation") else f"{key}_rate"] = hits / n if n else 0.0
         summary[f"{key}_ci95"] = wilson(hits, n)
-    if records and all("reversed" in r for r in records):  # records before the direction check lack it
-        hits = sum(r["reversed"] for r in records)
-        summary["reversed_rate"], summary["reversed_ci95"] = hits / n, wilson(hits, n)
     return summary
