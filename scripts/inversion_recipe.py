@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invrev import evaluate, trainer
+from invrev import evaluate, generate, trainer
 from invrev.config import parse_assignments
 from invrev.experiments import run_config
 from invrev.models import REPO_ROOT, load_components_cached
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", help="JSON file for the rows")
     args = p.parse_args(argv)
     components = load_components_cached(MODEL, "local")
+    word_norm = float(components.text_encoder.get_input_embeddings().weight.norm(dim=1).median())
+    print(f"the vocabulary's median word-vector norm: {word_norm:.2f}", flush=True)
     rows = []
     for candidate in args.candidate or [""]:
         overrides = parse_assignments(candidate.split())
@@ -46,13 +48,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seconds = time.perf_counter() - start
             s = evaluate.evaluate(MODEL, args.relation, args.variant, folder, seed=args.seed, prompts=args.pairs,
                                   samples=args.samples, components=components, split="validation")["summary"]
+            norms = {f"{token} norm": round(float(v.norm()), 2) for token, v in generate.read_run_tokens(folder).items()}
         row = {"candidate": candidate or "(recipe)", "train_seconds": round(seconds, 1), "n": s["n"],
-               **{k: round(s[k], 3) for k in ("entity_accuracy", "relation_accuracy", "fusion_rate")}}
+               **{k: round(s[k], 3) for k in ("entity_accuracy", "relation_accuracy", "fusion_rate")}, **norms}
         rows.append(row)
         print(f"{row['candidate']:<40} relation {row['relation_accuracy']:.2f}  entity {row['entity_accuracy']:.2f}  "
-              f"fusion {row['fusion_rate']:.2f}  n={row['n']}  train {row['train_seconds']} s", flush=True)
+              f"fusion {row['fusion_rate']:.2f}  n={row['n']}  train {row['train_seconds']} s  "
+              + "  ".join(f"{k} {v}" for k, v in norms.items()), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"relation": args.relation, "variant": args.variant, "seed": args.seed,
+                                              "median_word_norm": round(word_norm, 2),
                                               "split": "validation", "rows": rows}, indent=1) + "\n")
     return rows
 

@@ -84,6 +84,7 @@ def test_component_notebooks(executed):
     assert "max |dense 2-D convolution - gaussian_lowpass|" in text and "of the texture band's power" in text
     text = _read(executed / "02_inverse_relation_text.ipynb")
     assert "first entity's share" in text and "<inv> <r>" in text
+    assert "as the share of inverse captions grows (0: " in text  # the measured dose and response is read and shown
     assert "lambda_verb=1.0: after 2 steps" in _read(executed / "03_pos_weighted_control_loss.ipynb")
     assert "mean t: 600.9 exact" in _read(executed / "04_relation_focal_sampling.ipynb")
 
