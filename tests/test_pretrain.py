@@ -93,3 +93,23 @@ def test_validation_during_training_keeps_the_best_model(tmp_path):
     assert summary["steps"] == 2 and summary["validation_score"] == pytest.approx(pretrain.validation_score(summary["validation"]), abs=1e-4)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best"] == pytest.approx(summary["validation_score"], abs=1e-4)
     assert (tmp_path / "best_model" / "unet").is_dir()
+    # it recommends the settings it was validated at, not SD 1.5's guidance 7.5
+    from invrev import models
+
+    own = models.sampling_settings(str(tmp_path / "best_model"))
+    assert (own["guidance"], own["steps"], own["scheduler"]) == (config.eval_guidance, pretrain.VALIDATION_STEPS, "DDIMScheduler")
+
+
+def test_a_warm_started_model_inherits_its_sources_sampling_settings(tmp_path):
+    import json
+
+    from invrev import models
+    from invrev.world import model
+
+    tok, te, unet, sched = model.build(tmp_path / "m", TINY)
+    chosen = {"guidance": 1.25, "steps": 7, "scheduler": "DPMSolverMultistepScheduler", "guidance_rescale": 0.0}
+    model.save(tmp_path / "m", tok, te, unet, sched, TINY, {"sampling": chosen})
+    out = pretrain.pretrain(tmp_path / "ft", pretrain.PretrainConfig(steps=1, batch_size=2, init_from=str(tmp_path / "m")),
+                            TINY, progress=False)
+    assert models.sampling_settings(str(out)) == chosen
+    assert "invrev world sweep --write-model" in json.loads((out / "invrev.json").read_text())["sampling_source"]

@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from invrev import models, runs
 from invrev.world import benchmark, model, render, scene
 
+VALIDATION_STEPS = 25  # sampler steps of the validation during pretraining (with the training scheduler)
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -208,9 +210,23 @@ def export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world,
     }
     if config.init_from:
         provenance["warm_start"] = _provenance_of(config.init_from)
+    provenance.update(_sampling_for(config, provenance.get("warm_start", {}), type(scheduler).__name__))
     model.save(out, tokenizer, text_encoder.cpu(), unet.cpu(), scheduler, world, provenance)
     (folder / f"{name}_summary.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def _sampling_for(config: PretrainConfig, source: dict, scheduler: str) -> dict:
+    """The sampling settings an exported model recommends until a sweep chooses its own: a warm
+    start's source's (chosen on validation pairs for that model), else those its validation sampled
+    at. Without them it would be sampled as SD 1.5 (guidance 7.5), where the world model collapses."""
+    if "sampling" in source:
+        return {"sampling": source["sampling"], "sampling_source": f"inherited from {config.init_from}; "
+                "choose this model's own with `invrev world sweep --write-model`"}
+    return {"sampling": {"guidance": config.eval_guidance, "steps": VALIDATION_STEPS, "scheduler": scheduler,
+                         "guidance_rescale": 0.0},
+            "sampling_source": "the settings of the validation during pretraining; "
+                               "choose this model's own with `invrev world sweep --write-model`"}
 
 
 def _provenance_of(source: str) -> dict:
@@ -279,8 +295,8 @@ def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params,
     return best
 
 
-def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, guidance: float = 1.5, steps: int = 25,
-             seed: int = 12345) -> list[dict]:
+def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, guidance: float = 1.5,
+             steps: int = VALIDATION_STEPS, seed: int = 12345) -> list[dict]:
     """Per benchmark relation, images from validation pairs, scored: named relations in words,
     unnamed ones by their handle and in words. ``reversed`` is how often an image passes as the
     caption with A and B swapped (a direction check: near 0 for a model that learned direction)."""
