@@ -220,13 +220,12 @@ def _sampling_for(config: PretrainConfig, source: dict, scheduler: str) -> dict:
     """The sampling settings an exported model recommends until a sweep chooses its own: a warm
     start's source's (chosen on validation pairs for that model), else those its validation sampled
     at. Without them it would be sampled as SD 1.5 (guidance 7.5), where the world model collapses."""
+    sweep = "choose this model's own with `invrev world sweep --write-model`"
     if "sampling" in source:
-        return {"sampling": source["sampling"], "sampling_source": f"inherited from {config.init_from}; "
-                "choose this model's own with `invrev world sweep --write-model`"}
+        return {"sampling": source["sampling"], "sampling_source": f"inherited from {config.init_from}; {sweep}"}
     return {"sampling": {"guidance": config.eval_guidance, "steps": VALIDATION_STEPS, "scheduler": scheduler,
                          "guidance_rescale": 0.0},
-            "sampling_source": "the settings of the validation during pretraining; "
-                               "choose this model's own with `invrev world sweep --write-model`"}
+            "sampling_source": f"the settings of the validation during pretraining; {sweep}"}
 
 
 def _provenance_of(source: str) -> dict:
