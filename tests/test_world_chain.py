@@ -92,3 +92,21 @@ def test_direction_check_adds_reversed_hits_only_where_the_images_are_the_record
     written = json.loads((tmp_path / "hanging_from" / "textual_inversion" / "seed0" / "eval" / "metrics.json").read_text())
     assert [i["reversed"] for i in written["images"]] == [i["reversed"] for i in checked[0]["images"]]
     assert written["summary"]["reversed_rate"] == sum(i["reversed"] for i in written["images"]) / 4
+
+
+def test_recipe_check_scores_the_inverse_form_only_where_there_is_an_inverse_token(tmp_path):
+    """scripts/inversion_recipe.py --inverse-form at toy size: Inv-ReVersion's row gains the scores of
+    "B <inv> <r> A" prompts; Textual Inversion, which learns no <inv>, gains nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inversion_recipe", REPO_ROOT / "scripts" / "inversion_recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    rows = {}
+    for variant in ("inv_reversion", "textual_inversion"):
+        out = tmp_path / f"{variant}.json"
+        [rows[variant]] = recipe.main(["--relation", "painted_on", "--variant", variant, "--pairs", "1", "--samples", "2",
+                                       "--candidate", "steps=2 batch_size=2", "--inverse-form", "--out", str(out)])
+        assert json.loads(out.read_text())["rows"] == [rows[variant]]
+    assert 0.0 <= rows["inv_reversion"]["inverse_form_relation_accuracy"] <= 1.0
+    assert "<inv> norm" in rows["inv_reversion"] and "inverse_form_relation_accuracy" not in rows["textual_inversion"]
