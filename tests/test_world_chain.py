@@ -110,3 +110,16 @@ def test_recipe_check_scores_the_inverse_form_only_where_there_is_an_inverse_tok
         assert json.loads(out.read_text())["rows"] == [rows[variant]]
     assert 0.0 <= rows["inv_reversion"]["inverse_form_relation_accuracy"] <= 1.0
     assert "<inv> norm" in rows["inv_reversion"] and "inverse_form_relation_accuracy" not in rows["textual_inversion"]
+
+
+def test_readme_figure_names_the_missing_run_and_refuses_a_named_relation(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unnamed_figure", REPO_ROOT / "scripts" / "unnamed_figure.py")
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    with pytest.raises(ValueError, match="'inside': choose an unnamed relation"):
+        figure.main(["--runs", str(tmp_path), "--relation", "inside"])
+    with pytest.raises(FileNotFoundError, match=r"painted_on/sd/seed2/eval/metrics.json: no finished run; run `invrev batch"):
+        figure.main(["--runs", str(tmp_path), "--out", str(tmp_path / "f.png")])
+    assert not (tmp_path / "f.png").exists()
