@@ -79,9 +79,9 @@ def sampling_note(found: list[dict]) -> str:
         return ""
     sampled = ", ".join(f"{g:.1f}" for g in recorded)
     if stale:
-        return (f"The recorded batch was made on an earlier world model and sampled at classifier-free guidance {sampled}, "
-                "where that model failed (at guidance 1.5 it drew named relations correctly); a rerun on the "
-                "shipped model at its own sampling settings is pending.")
+        return (f"The recorded batch was made on an earlier world model (sampled at classifier-free guidance {sampled}), "
+                "so its numbers describe that model, not the shipped one; a rerun on the shipped model at its own "
+                "sampling settings is pending (`data/world/REPORT.md` measures the shipped model in words and by its handles).")
     return (f"The recorded batch was sampled at classifier-free guidance {sampled}, where the world model fails "
             "(at its own settings it draws named relations correctly); a rerun at those settings is pending.")
 
