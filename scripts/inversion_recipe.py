@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invrev import evaluate, generate, layout, text, trainer
+from invrev import evaluate, generate, layout, runs, text, trainer
 from invrev.config import parse_assignments
 from invrev.experiments import run_config
 from invrev.models import REPO_ROOT, load_components_cached
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               + "  ".join(f"{k} {v}" for k, v in {**inverse, **norms}.items()), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"relation": args.relation, "variant": args.variant, "seed": args.seed,
+                                              "model_fingerprint": runs.model_fingerprint(MODEL),
                                               "median_word_norm": round(word_norm, 2),
                                               "split": "validation", "rows": rows}, indent=1) + "\n")
     return rows

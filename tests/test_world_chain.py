@@ -107,7 +107,8 @@ def test_recipe_check_scores_the_inverse_form_only_where_there_is_an_inverse_tok
         out = tmp_path / f"{variant}.json"
         [rows[variant]] = recipe.main(["--relation", "painted_on", "--variant", variant, "--pairs", "1", "--samples", "2",
                                        "--candidate", "steps=2 batch_size=2", "--inverse-form", "--out", str(out)])
-        assert json.loads(out.read_text())["rows"] == [rows[variant]]
+        written = json.loads(out.read_text())
+        assert written["rows"] == [rows[variant]] and written["model_fingerprint"].startswith("sha256:")
     assert 0.0 <= rows["inv_reversion"]["inverse_form_relation_accuracy"] <= 1.0
     assert "<inv> norm" in rows["inv_reversion"] and "inverse_form_relation_accuracy" not in rows["textual_inversion"]
 
