@@ -113,3 +113,11 @@ def test_a_warm_started_model_inherits_its_sources_sampling_settings(tmp_path):
                             TINY, progress=False)
     assert models.sampling_settings(str(out)) == chosen
     assert "invrev world sweep --write-model" in json.loads((out / "invrev.json").read_text())["sampling_source"]
+    # a sweep of its own replaces the inherited settings and says so
+    from invrev.world import release
+
+    rows = [{"named": True, "scheduler": "DDIMScheduler", "steps": 5, "guidance": g, "guidance_rescale": 0.0, "n": 10,
+             "entity": e, "relation_hits": e} for g, e in ((1.0, 9), (2.0, 3))]
+    assert release.write_sampling(str(out), rows)["guidance"] == 1.0
+    meta = json.loads((out / "invrev.json").read_text())
+    assert meta["sampling"]["guidance"] == 1.0 and "own sweep" in meta["sampling_source"]

@@ -26,6 +26,22 @@ def test_shipped_model_and_manifest_agree():
     assert manifest["model"]["latent"] == {"type": "pixel", "factor": 2}
 
 
+def test_every_stage_of_the_shipped_model_is_recorded_with_its_log():
+    """The manifest walks back from the model through each warm start to the from-scratch run, and
+    each stage's training log lies beside the model under the name ``ship`` gives it."""
+    from invrev.world import release
+
+    manifest = json.loads((REPO_ROOT / "data" / "world" / "manifest.json").read_text())
+    chain = release.stages(manifest["model"])
+    assert len(chain) >= 2 and not chain[0]["pretrain"].get("init_from")
+    assert all(stage["pretrain"]["init_from"] for stage in chain[1:])
+    for k in range(1, len(chain) + 1):
+        assert (REPO_ROOT / "data" / "world" / release.stage_log(k, "pretrain_log.csv")).is_file(), k
+    assert [release.stage_log(k, "eval_log.csv") for k in (1, 2, 3)] == [
+        "eval_log.csv", "finetune_eval_log.csv", "finetune2_eval_log.csv"]
+    assert release.stage_log(3, "pretrain_log.csv") == "finetune2_log.csv"
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_trains_and_evaluates(variant, world, tmp_path):
     relation = "wrapped_in"

@@ -120,7 +120,8 @@ def choose(rows: list[dict]) -> dict:
 
 
 def write_sampling(model: str, rows: list[dict]) -> dict:
-    """Record the chosen setting (``sampling``) and the sweep it came from in the model's invrev.json."""
+    """Record the chosen setting (``sampling``) and the sweep it came from in the model's invrev.json
+    (replacing a ``sampling_source`` that said the settings were inherited or provisional)."""
     from invrev.models import resolve_model
 
     meta = Path(resolve_model(model)) / "invrev.json"
@@ -128,6 +129,7 @@ def write_sampling(model: str, rows: list[dict]) -> dict:
     chosen = choose(rows)
     best = chosen.pop("best_on_validation")
     info["sampling"] = chosen
+    info["sampling_source"] = "this model's own sweep on validation pairs (sampling_sweep)"
     info["sampling_sweep"] = {"rule": " ".join(choose.__doc__.split()), "best_on_validation": best,
                               "pairs": "benchmark.validation_pairs (neither test nor exemplar pairs)", "rows": rows}
     runs.atomic_write_json(meta, info)
@@ -176,6 +178,25 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stages(info: dict) -> list[dict]:
+    """A model's training stages, first to last: what each warm start continued from (``invrev.json``'s
+    nested ``warm_start``), then the model's own training."""
+    chain = []
+    while info:
+        chain.append(info)
+        info = info.get("warm_start")
+    return chain[::-1]
+
+
+def stage_log(stage: int, log: str) -> str:
+    """The name :func:`ship` gives stage ``stage``'s (1-based) training log beside the model:
+    ``pretrain_log.csv``/``eval_log.csv`` for the first, ``finetune_log.csv``/``finetune_eval_log.csv``
+    for the second (the first warm start), ``finetune2_...`` for the third, and so on."""
+    if stage <= 1:
+        return log
+    return f"finetune{stage - 1 if stage > 2 else ''}_" + log.removeprefix("pretrain_")
+
+
 def ship(source: str | Path, dest: str | Path = "data/world/model", prompts: int = 20, samples: int = 4) -> Path:
     """Copy a pretrained model to ``dest``, measure it, and write ``manifest.json`` beside it."""
     source, dest = Path(source), Path(dest)
@@ -183,10 +204,10 @@ def ship(source: str | Path, dest: str | Path = "data/world/model", prompts: int
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     rows = report(str(dest), prompts, samples)
-    warm = "warm_start" in json.loads((dest / "invrev.json").read_text())
+    stage = len(stages(json.loads((dest / "invrev.json").read_text())))
     for log in ("pretrain_log.csv", "eval_log.csv"):  # the training's logs, beside the model
-        if (source.parent / log).is_file():  # a warm start keeps the from-scratch run's log as it is
-            shutil.copy(source.parent / log, dest.parent / (("finetune_" + log.replace("pretrain_", "")) if warm else log))
+        if (source.parent / log).is_file():  # earlier stages' logs stay as they are
+            shutil.copy(source.parent / log, dest.parent / stage_log(stage, log))
     files = {str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     bench = dest.parent / "benchmark"
     files.update({str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(bench.rglob("*")) if p.is_file()})
