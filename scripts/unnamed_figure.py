@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from invrev import demo, evaluate, generate, layout
+from invrev import runs as runs_module
 from invrev.models import WORLD_MODEL
 from invrev.world import captions, scene, scorer
 
@@ -42,6 +43,9 @@ def panel(components, relation: str, variant: str, runs: Path, seed: int, pairs:
         summary = json.loads(metrics.read_text())["summary"]
         if summary["seed"] != seed:
             raise ValueError(f"{metrics}: evaluated with seed {summary['seed']}, not {seed}")
+        if summary.get("model_fingerprint") != runs_module.model_fingerprint(WORLD_MODEL):
+            raise ValueError(f"{metrics}: evaluated on model {summary.get('model_fingerprint')}, not the shipped "
+                             f"{runs_module.model_fingerprint(WORLD_MODEL)}; its images cannot be redrawn here")
         if variant != "sd":
             generate.load_run_tokens(components, folder)
         texts = [it["prompt"] for it in items for _ in range(demo.SAMPLES)]

@@ -140,3 +140,17 @@ def test_readme_figure_names_the_missing_run_and_refuses_a_named_relation(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"painted_on/sd/seed2/eval/metrics.json: no finished run; run `invrev batch"):
         figure.main(["--runs", str(tmp_path), "--out", str(tmp_path / "f.png")])
     assert not (tmp_path / "f.png").exists()
+
+
+def test_readme_figure_refuses_runs_made_on_another_model(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unnamed_figure", REPO_ROOT / "scripts" / "unnamed_figure.py")
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    metrics = tmp_path / "painted_on" / "sd" / "seed2" / "eval" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"summary": {"seed": 2, "model_fingerprint": "sha256:an-older-model",
+                                               "relation_accuracy": 0.0, "n": 80}}))
+    with pytest.raises(ValueError, match="evaluated on model sha256:an-older-model, not the shipped"):
+        figure.main(["--runs", str(tmp_path), "--out", str(tmp_path / "f.png")])
