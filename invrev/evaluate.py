@@ -57,6 +57,24 @@ def test_prompts(relation: str, variant: str, n: int, placeholder: str = "<r>", 
     return out
 
 
+def image_seeds(seed: int, items: int, samples: int, seen: bool = False) -> list[int]:
+    """The image seeds of ``items`` prompts x ``samples`` images, in the order :func:`evaluate` draws them."""
+    return [layout.image_seed(seed, i, k, seen=seen) for i in range(items) for k in range(samples)]
+
+
+def draw(components, relation: str, items: list[dict], texts: list[str], seed: int, samples: int) -> tuple[list, list]:
+    """``texts`` (one per item of :func:`test_prompts`) drawn ``samples`` times each at the image seeds
+    :func:`evaluate` gives those items and the model's sampling settings; the images and each one's
+    scores against its item's (A, B). For prompts other than the evaluation's own on the same images."""
+    from invrev.world import scorer
+
+    steps, guidance, scheduler = generate.resolve_sampling(components)
+    images = generate.generate(components, [t for t in texts for _ in range(samples)], image_seeds(seed, len(items), samples),
+                               steps, guidance, scheduler)
+    return images, [scorer.score(image, items[i // samples]["a"], relation, items[i // samples]["b"])
+                    for i, image in enumerate(images)]
+
+
 def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | None, *, seed: int = 0,
              prompts: int = 20, samples: int = 4, steps: int | None = None, guidance: float | None = None,
              scheduler: str | None = None, out: str | Path | None = None, components=None,
@@ -79,8 +97,7 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     items = test_prompts(relation, variant, prompts, split=split)
     seen = test_prompts(relation, variant, seen_prompts, split="seen") if seen_prompts else []
     texts = [it["prompt"] for it in items + seen for _ in range(samples)]
-    seeds = [layout.image_seed(seed, i, k) for i in range(len(items)) for k in range(samples)]
-    seeds += [layout.image_seed(seed, i, k, seen=True) for i in range(len(seen)) for k in range(samples)]
+    seeds = image_seeds(seed, len(items), samples) + image_seeds(seed, len(seen), samples, seen=True)
     images = generate.generate(components, texts, seeds, steps, guidance, scheduler, progress=progress)
     records = []
     for i, image in enumerate(images):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invrev import evaluate, generate, layout, runs, text, trainer
+from invrev import evaluate, generate, runs, text, trainer
 from invrev.config import parse_assignments
 from invrev.experiments import run_config
 from invrev.models import REPO_ROOT, load_components_cached
@@ -73,15 +73,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def inverse_form(components, relation: str, folder: Path, seed: int, pairs: int, samples: int) -> dict:
     """Relation and entity accuracy of "B <inv> <r> A" prompts on the validation pairs, with the
     image seeds ``evaluate`` gives "A <r> B" (so the two forms are compared image for image)."""
-    from invrev.world import scorer
-
     generate.load_run_tokens(components, folder)
     items = evaluate.test_prompts(relation, "inv_reversion", pairs, split="validation")
-    texts = [text.inverse_caption(it["prompt"].replace("<r>", "{}")) for it in items for _ in range(samples)]
-    seeds = [layout.image_seed(seed, i, k) for i in range(len(items)) for k in range(samples)]
-    steps, guidance, scheduler = generate.resolve_sampling(components)
-    images = generate.generate(components, texts, seeds, steps, guidance, scheduler)
-    scores = [scorer.score(image, it["a"], relation, it["b"]) for image, it in zip(images, [i for i in items for _ in range(samples)])]
+    texts = [text.inverse_caption(it["prompt"].replace("<r>", "{}")) for it in items]
+    _, scores = evaluate.draw(components, relation, items, texts, seed, samples)
     return {"inverse_form_relation_accuracy": round(sum(s.relation for s in scores) / len(scores), 3),
             "inverse_form_entity_accuracy": round(sum(s.entity for s in scores) / len(scores), 3)}
 

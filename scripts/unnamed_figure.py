@@ -14,48 +14,44 @@ import argparse
 import json
 from pathlib import Path
 
-from invrev import demo, evaluate, generate, layout
-from invrev import runs as runs_module
+from invrev import demo, evaluate, generate, runs
 from invrev.models import WORLD_MODEL
-from invrev.world import captions, scene, scorer
+from invrev.world import captions, scene
 
 PANELS = (("sd", "in words"), ("handle", "by its handle"), ("textual_inversion", "Textual Inversion"),
           ("reversion", "ReVersion"), ("inv_reversion", "Inv-ReVersion"), ("no_inverse", "Inv-ReVersion w/o inverse text"))
 
 
-def panel(components, relation: str, variant: str, runs: Path, seed: int, pairs: int) -> dict:
+def panel(components, relation: str, variant: str, runs_root: Path, seed: int, pairs: int) -> dict:
     """The first ``pairs`` held-out pairs x demo.SAMPLES images of one panel, their hits, and the
     accuracy over every image the run (or, for the handle, the shipped model's report) counted."""
     info = scene.RELATIONS[relation]
     items = evaluate.test_prompts(relation, "sd" if variant in ("sd", "handle") else variant, pairs)
-    seeds = [layout.image_seed(seed, i, k) for i in range(len(items)) for k in range(demo.SAMPLES)]
     if variant == "handle":
-        texts = [captions.caption(it["a"], relation, it["b"], handle=True) for it in items for _ in range(demo.SAMPLES)]
+        texts = [captions.caption(it["a"], relation, it["b"], handle=True) for it in items]
         manifest = json.loads((Path(WORLD_MODEL).parent / "manifest.json").read_text())
         [row] = [r for r in manifest["words_report"] if r["relation"] == relation]
         accuracy, n, prompt = row["handle"]["relation_accuracy"], row["handle"]["n"], f'"A {info.handle} B"'
     else:
-        folder = runs / relation / variant / f"seed{seed}"
+        folder = runs_root / relation / variant / f"seed{seed}"
         metrics = folder / "eval" / "metrics.json"
         if not metrics.is_file():
             raise FileNotFoundError(f"{metrics}: no finished run; run `invrev batch --experiments experiments/unnamed.yaml "
-                                    f"--runs {runs}` first")
+                                    f"--runs {runs_root}` first")
         summary = json.loads(metrics.read_text())["summary"]
         if summary["seed"] != seed:
             raise ValueError(f"{metrics}: evaluated with seed {summary['seed']}, not {seed}")
-        if summary.get("model_fingerprint") != runs_module.model_fingerprint(WORLD_MODEL):
+        shipped = runs.model_fingerprint(WORLD_MODEL)
+        if summary.get("model_fingerprint") != shipped:
             raise ValueError(f"{metrics}: evaluated on model {summary.get('model_fingerprint')}, not the shipped "
-                             f"{runs_module.model_fingerprint(WORLD_MODEL)}; its images cannot be redrawn here")
+                             f"{shipped}; its images cannot be redrawn here")
         if variant != "sd":
             generate.load_run_tokens(components, folder)
-        texts = [it["prompt"] for it in items for _ in range(demo.SAMPLES)]
+        texts = [it["prompt"] for it in items]
         accuracy, n = summary["relation_accuracy"], summary["n"]
         prompt = f'"A {info.words} B"' if variant == "sd" else '"A <r> B"'
-    steps, guidance, scheduler = generate.resolve_sampling(components)
-    images = generate.generate(components, texts, seeds, steps, guidance, scheduler)
-    hits = [bool(scorer.score(im, it["a"], relation, it["b"]).relation)
-            for im, it in zip(images, [it for it in items for _ in range(demo.SAMPLES)])]
-    return {"images": images, "hits": hits, "accuracy": accuracy, "n": n, "prompt": prompt, "items": items}
+    images, scores = evaluate.draw(components, relation, items, texts, seed, demo.SAMPLES)
+    return {"images": images, "hits": [bool(s.relation) for s in scores], "accuracy": accuracy, "n": n, "prompt": prompt, "items": items}
 
 
 def main(argv: list[str] | None = None) -> Path:

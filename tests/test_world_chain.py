@@ -12,6 +12,16 @@ from invrev.world import scene
 BENCHMARK = REPO_ROOT / "data" / "world" / "benchmark"
 
 
+def _script(name: str):
+    """A module of ``scripts/`` (not a package), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def world():
     return load_components_cached(WORLD_MODEL, "local")
@@ -75,13 +85,9 @@ def test_demo_draws_words_and_the_learned_token_side_by_side(tmp_path, capsys):
 def test_direction_check_adds_reversed_hits_only_where_the_images_are_the_recorded_ones(world, tmp_path, capsys):
     """scripts/direction_check.py on two runs recorded without the direction check: it adds it to the
     run whose images it regenerates exactly and leaves the one whose record it cannot reproduce."""
-    import importlib.util
-
     from invrev.experiments import eval_settings
 
-    spec = importlib.util.spec_from_file_location("direction_check", REPO_ROOT / "scripts" / "direction_check.py")
-    direction_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(direction_check)
+    direction_check = _script("direction_check")
     for relation in ("on", "hanging_from"):
         info = scene.RELATIONS[relation]
         config = make_config(BENCHMARK / relation, "textual_inversion", "world", steps=2, batch_size=2,
@@ -113,11 +119,7 @@ def test_direction_check_adds_reversed_hits_only_where_the_images_are_the_record
 def test_recipe_check_scores_the_inverse_form_only_where_there_is_an_inverse_token(tmp_path):
     """scripts/inversion_recipe.py --inverse-form at toy size: Inv-ReVersion's row gains the scores of
     "B <inv> <r> A" prompts; Textual Inversion, which learns no <inv>, gains nothing."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("inversion_recipe", REPO_ROOT / "scripts" / "inversion_recipe.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = _script("inversion_recipe")
     rows = {}
     for variant in ("inv_reversion", "textual_inversion"):
         out = tmp_path / f"{variant}.json"
@@ -130,11 +132,7 @@ def test_recipe_check_scores_the_inverse_form_only_where_there_is_an_inverse_tok
 
 
 def test_readme_figure_names_the_missing_run_and_refuses_a_named_relation(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("unnamed_figure", REPO_ROOT / "scripts" / "unnamed_figure.py")
-    figure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figure)
+    figure = _script("unnamed_figure")
     with pytest.raises(ValueError, match="'inside': choose an unnamed relation"):
         figure.main(["--runs", str(tmp_path), "--relation", "inside"])
     with pytest.raises(FileNotFoundError, match=r"painted_on/sd/seed2/eval/metrics.json: no finished run; run `invrev batch"):
@@ -143,11 +141,7 @@ def test_readme_figure_names_the_missing_run_and_refuses_a_named_relation(tmp_pa
 
 
 def test_readme_figure_refuses_runs_made_on_another_model(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("unnamed_figure", REPO_ROOT / "scripts" / "unnamed_figure.py")
-    figure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figure)
+    figure = _script("unnamed_figure")
     metrics = tmp_path / "painted_on" / "sd" / "seed2" / "eval" / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"summary": {"seed": 2, "model_fingerprint": "sha256:an-older-model",

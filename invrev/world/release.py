@@ -204,14 +204,14 @@ def ship(source: str | Path, dest: str | Path = "data/world/model", prompts: int
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     rows = report(str(dest), prompts, samples)
-    stage = len(stages(json.loads((dest / "invrev.json").read_text())))
+    info = json.loads((dest / "invrev.json").read_text())
+    stage = len(stages(info))
     for log in ("pretrain_log.csv", "eval_log.csv"):  # the training's logs, beside the model
         if (source.parent / log).is_file():  # earlier stages' logs stay as they are
             shutil.copy(source.parent / log, dest.parent / stage_log(stage, log))
     files = {str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     bench = dest.parent / "benchmark"
     files.update({str(p.relative_to(dest.parent)): runs.sha256_file(p) for p in sorted(bench.rglob("*")) if p.is_file()})
-    info = json.loads((dest / "invrev.json").read_text())
     runs.write_manifest(dest.parent, files=files, model=info, words_report=rows,
                         size_bytes=sum((dest / f).stat().st_size for f in [p.relative_to(dest) for p in dest.rglob("*") if p.is_file()]))
     (dest.parent / "REPORT.md").write_text(report_markdown(info, rows))
