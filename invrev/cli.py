@@ -7,9 +7,12 @@ them, so ``--help`` and a mistyped argument answer at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+
+from invrev.world.pretrain_config import PretrainConfig
 
 WORLD_MODEL = "data/world/model"  # invrev.models.WORLD_MODEL, repeated so that --help does not import torch
 BENCHMARK = "data/world/benchmark"
@@ -102,20 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=BENCHMARK)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_benchmark)
-    p = wsub.add_parser("pretrain", help="train the world's text-to-image model from scratch")
+    p = wsub.add_parser("pretrain", help="train the world's text-to-image model from scratch, or continue one (--init-from)")
     p.add_argument("--out", default="outputs/world_pretrain")
-    p.add_argument("--minutes", type=float, default=60.0)
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=-1, help="processes rendering batches (default -1: none on a CPU, all cores but two on a GPU)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-    p.add_argument("--init-from", default="", help="continue from this model folder (warm start) instead of a fresh model")
-    p.add_argument("--unnamed-share", type=float, default=0.5, help="fraction of scenes showing an unnamed relation (default 0.5)")
-    p.add_argument("--handle-share", type=float, default=0.5, help="fraction of those captioned by the relation's handle (default 0.5)")
-    p.add_argument("--eval-every", type=int, default=0, help="sample validation pairs every N steps and keep the best model (default: never)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    _add_config_options(p, PretrainConfig, PRETRAIN_HELP)
     p.set_defaults(func=_pretrain)
     p = wsub.add_parser("report", help="per-relation accuracy of a world model prompted in words")
     p.add_argument("--model", default=WORLD_MODEL)
@@ -345,13 +338,32 @@ def _ship(args) -> int:
     return 0
 
 
+PRETRAIN_HELP = {
+    "minutes": "stop (and save) after this much wall time",
+    "workers": "processes rendering batches (-1: none on a CPU, all cores but two on a GPU)",
+    "init_from": "continue from this model folder (warm start) instead of a fresh model",
+    "unnamed_share": "fraction of scenes showing an unnamed relation",
+    "handle_share": "fraction of those captioned by the relation's handle",
+    "synonym_share": "fraction captioned by a synonym (world language v2)",
+    "converse_share": "fraction of named scenes captioned with the roles swapped ('B supporting A')",
+    "swap_share": "fraction of captions said with the swap word ('B ob on A')",
+    "bare_share": "fraction of captions without articles ('red circle on blue square')",
+    "eval_every": "sample validation pairs every N steps and keep the best model (0: never)",
+}
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config: type, helps: dict[str, str]) -> None:
+    """One ``--field-name`` option per field of the dataclass ``config``, its default the field's."""
+    for f in dataclasses.fields(config):
+        default = f.default
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default,
+                            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default {default!r})")
+
+
 def _pretrain(args) -> int:
     from invrev.world import pretrain
 
-    config = pretrain.PretrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
-                                     learning_rate=args.learning_rate, seed=args.seed, workers=args.workers,
-                                     init_from=args.init_from, unnamed_share=args.unnamed_share,
-                                     handle_share=args.handle_share, eval_every=args.eval_every, ema_decay=args.ema_decay)
+    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     out = pretrain.pretrain(args.out, config, resume=not args.fresh)
     print(f"model written to {out}")
     return 0

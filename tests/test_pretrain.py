@@ -88,7 +88,7 @@ def test_validation_during_training_keeps_the_best_model(tmp_path):
     config = pretrain.PretrainConfig(steps=2, batch_size=2, checkpoint_every=2, eval_every=2)
     pretrain.pretrain(tmp_path, config, TINY, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "eval_log.csv")))
-    assert {r["step"] for r in rows} == {"2"} and len(rows) == 15  # 10 relations in words + 5 handles
+    assert {r["step"] for r in rows} == {"2"} and len(rows) == 25  # 10 relations in words + 5 handles + 10 swaps
     summary = json.loads((tmp_path / "best_model_summary.json").read_text())
     assert summary["steps"] == 2 and summary["validation_score"] == pytest.approx(pretrain.validation_score(summary["validation"]), abs=1e-4)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best"] == pytest.approx(summary["validation_score"], abs=1e-4)

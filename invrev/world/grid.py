@@ -40,9 +40,17 @@ def close(mask: np.ndarray) -> np.ndarray:
     return erode(dilate(mask))
 
 
-def drop_thin_rows(mask: np.ndarray) -> np.ndarray:
-    """Opening by a vertical pair: removes marks one cell tall (bars, arms) but keeps bodies."""
-    return mask & (shift(mask, 1, 0) | shift(mask, -1, 0))
+def drop_thin_rows(mask: np.ndarray, height: int = 1) -> np.ndarray:
+    """Opening by a vertical run of ``height`` + 1: removes marks up to ``height`` cells tall (bars,
+    arms) but keeps bodies. A cell stays if some run of ``height`` + 1 set cells covers it."""
+    n = height + 1
+    starts = mask.copy()  # cells that begin a run of n set cells downwards
+    for d in range(1, n):
+        starts &= shift(mask, -d, 0)
+    kept = starts.copy()
+    for d in range(1, n):
+        kept |= shift(starts, d, 0)
+    return kept
 
 
 def label(mask: np.ndarray, diagonal: bool = True) -> tuple[np.ndarray, int]:

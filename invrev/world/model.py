@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from invrev.tokenizer import build_tokenizer
-from invrev.world import captions, scene
+from invrev.world import scene
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,15 @@ def vocabulary() -> list[str]:
     """Every word the world's captions use, the project's word lists, and the initial words."""
     from invrev.words import load_words
 
-    words = set("a and reverse".split())
+    words = {"a", "and", "reverse", scene.SWAP_WORD}
     for entity in scene.ENTITIES:
         words.update(entity.text.split())
     for relation in scene.ALL_RELATIONS.values():
         words.update(relation.words.split())
         words.update((relation.inverse_words or "").split())
         words.update((relation.handle or "").split())
+        for phrase in relation.synonyms + relation.converses:
+            words.update(phrase.split())
     for kind in ("prepositions", "verbs", "stopwords"):
         words.update(load_words(kind))
     return sorted(words)
@@ -102,14 +104,3 @@ def save(folder: str | Path, tokenizer, text_encoder, unet, scheduler, config: W
     meta = {"latent": {"type": "pixel", "factor": config.fold}, "world_model": asdict(config), **provenance}
     (folder / "invrev.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return folder
-
-
-def caption_for(a, relation: str, b, rng, handle_share: float = 0.0) -> str:
-    """A training caption: named relations in words (with paraphrases); unnamed ones by their
-    handle with probability ``handle_share``, vaguely ("A and B") otherwise."""
-    info = scene.ALL_RELATIONS[relation]
-    if not info.named:
-        use_handle = info.handle is not None and rng.random() < handle_share
-        return captions.caption(a, relation, b, rng, vague=not use_handle, handle=use_handle)
-    paraphrase = info.inverse_words is not None and rng.random() < 0.5
-    return captions.caption(a, relation, b, rng, paraphrase=paraphrase)

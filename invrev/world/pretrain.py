@@ -15,7 +15,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +24,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from invrev import models, runs
-from invrev.world import benchmark, model, render, scene
+from invrev.world import benchmark, captions, model, render, scene
+from invrev.world.pretrain_config import PretrainConfig
 
 VALIDATION_STEPS = 25  # sampler steps of the validation during pretraining (with the training scheduler)
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    steps: int = 100_000
-    minutes: float = 60.0  # stop (and save) after this much wall time, whichever comes first
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-2
-    warmup: int = 200
-    ema_decay: float = 0.999
-    p_uncond: float = 0.1  # empty captions, for classifier-free guidance
-    seed: int = 0
-    checkpoint_every: int = 250
-    workers: int = -1  # processes rendering batches; -1: none on a CPU, all cores but two on a GPU
-    unnamed_share: float = 0.5  # fraction of scenes showing one of the five unnamed relations
-    handle_share: float = 0.5  # fraction of those captioned by the relation's handle, not "A and B"
-    init_from: str = ""  # a model folder to continue from (warm start); "" builds a fresh model
-    eval_every: int = 0  # sample the EMA model on validation pairs every so many steps (0: never)
-    eval_guidance: float = 1.5
+def caption_mix(config: PretrainConfig) -> captions.CaptionMix:
+    return captions.CaptionMix(handle=config.handle_share, synonym=config.synonym_share,
+                               converse=config.converse_share, swap=config.swap_share, bare=config.bare_share)
 
 
-def sample_batch(rng: np.random.Generator, n: int, p_uncond: float, unnamed_share: float = 0.5, handle_share: float = 0.5):
-    """Renders and captions over all relations: named ones in words, unnamed ones (``unnamed_share``
-    of the scenes) by their handle (``handle_share`` of those) or vaguely ("A and B")."""
+def sample_batch(rng: np.random.Generator, n: int, p_uncond: float, unnamed_share: float = 0.5,
+                 mix: captions.CaptionMix = captions.CaptionMix()):
+    """Renders and captions over all relations: ``unnamed_share`` of the scenes show an unnamed
+    relation; ``mix`` says how each is captioned (:func:`captions.sample_caption`)."""
     train = benchmark.training_pairs()
     unnamed = sorted(r for r, info in scene.ALL_RELATIONS.items() if not info.named)
     named = sorted(r for r, info in scene.ALL_RELATIONS.items() if info.named)
@@ -61,7 +48,7 @@ def sample_batch(rng: np.random.Generator, n: int, p_uncond: float, unnamed_shar
         names = unnamed if rng.random() < unnamed_share else named
         relation = names[rng.integers(len(names))]
         images.append(render.render(a, relation, b, rng))
-        texts.append("" if rng.random() < p_uncond else model.caption_for(a, relation, b, rng, handle_share))
+        texts.append("" if rng.random() < p_uncond else captions.sample_caption(a, relation, b, rng, mix))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return x, texts
 
@@ -81,7 +68,8 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int):
         c = self.config
-        x, texts = sample_batch(np.random.default_rng([c.seed, step]), c.batch_size, c.p_uncond, c.unnamed_share, c.handle_share)
+        x, texts = sample_batch(np.random.default_rng([c.seed, step]), c.batch_size, c.p_uncond, c.unnamed_share,
+                                caption_mix(c))
         ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.world.max_tokens,
                              return_tensors="pt").input_ids
         return F.pixel_unshuffle(x, self.world.fold), ids
@@ -285,7 +273,7 @@ def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params,
         for r in rows:
             f.write(f"{step},{seconds:.0f},{r['relation']},{r['prompt']},{r['n']},{r['entity']:.3f},"
                     f"{r['relation_acc']:.3f},{r['reversed']:.3f}\n")
-    summary = " ".join(f"{r['relation'][:6]}:{r['relation_acc']:.2f}" for r in rows if r["prompt"] != "words" or scene.RELATIONS[r["relation"]].named)
+    summary = " ".join(f"{r['relation'][:6]}{'/swap' if r['prompt'] == 'swap' else ''}:{r['relation_acc']:.2f}" for r in rows if r["prompt"] != "words" or scene.RELATIONS[r["relation"]].named)
     bar.write(f"step {step}: validation score {score:.3f} (best {max(best, score):.3f}) {summary}")
     if score > best:
         export(folder, tokenizer, text_encoder, unet, scheduler, params, ema, world, config, step, seconds, device,
@@ -297,7 +285,7 @@ def _validate_and_keep(folder, tokenizer, text_encoder, unet, scheduler, params,
 def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, guidance: float = 1.5,
              steps: int = VALIDATION_STEPS, seed: int = 12345) -> list[dict]:
     """Per benchmark relation, images from validation pairs, scored: named relations in words,
-    unnamed ones by their handle and in words. ``reversed`` is how often an image passes as the
+    unnamed ones by their handle and in words, and each in the swap form "B ob <words or handle> A". ``reversed`` is how often an image passes as the
     caption with A and B swapped (a direction check: near 0 for a model that learned direction)."""
     from invrev import generate
     from invrev.world import captions, scorer
@@ -311,6 +299,9 @@ def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, gu
             jobs.append((relation, "words", a, b, captions.relation_text(a, relation, b)))
             if not info.named:
                 jobs.append((relation, "handle", a, b, captions.caption(a, relation, b, handle=True)))
+            # The role swap (world language v2): "B ob <words> A", scored as "A <words> B".
+            swapped_words = info.words if info.named else info.handle
+            jobs.append((relation, "swap", a, b, captions.phrase(a, swapped_words, b, swap=True)))
     images = generate.generate(components, [j[4] for j in jobs], [seed + i for i in range(len(jobs))], steps, guidance,
                                batch_size=64)
     rows = {}
@@ -331,7 +322,8 @@ def validate(tokenizer, text_encoder, unet, scheduler, world, pairs: int = 6, gu
 
 def validation_score(rows: list[dict]) -> float:
     """One number to keep checkpoints by: mean over the ten relations of (entity + relation) / 2,
-    named relations in words and unnamed ones by handle, less the named ones' reversed rate."""
-    kept = [r for r in rows if (r["prompt"] == "words") == scene.RELATIONS[r["relation"]].named]
+    named relations in words and unnamed ones by handle, and each in the swap form, less the
+    named ones' reversed rate."""
+    kept = [r for r in rows if r["prompt"] == "swap" or (r["prompt"] == "words") == scene.RELATIONS[r["relation"]].named]
     return sum((r["entity"] + r["relation_acc"]) / 2 - r["reversed"] * scene.RELATIONS[r["relation"]].named
                for r in kept) / len(kept)

@@ -222,15 +222,25 @@ def _hanging_from(a, b, rng, f):
             (f.mask(a.shape, box_a), COLOURS[a.colour])]
 
 
+CELL = 2  # the world model folds 2x2 pixels into one cell: marks are a whole cell thick and aligned to the cells
+
+
+def _cell_floor(x: float) -> int:
+    return int(x) // CELL * CELL
+
+
 def _shake_hands(a, b, rng, f):
-    """A left, B right, a gap between, joined at mid-height by a 1 px bar: A's colour on A's half."""
+    """A left, B right, a gap between, joined at mid-height by a bar one cell (2 px) tall: A's
+    colour on A's half, B's on B's, meeting at a cell boundary (a 1 px bar is half a cell, which
+    the model drew as one blended colour)."""
     sa, sb, gap = f.length(rng, 9, 11), f.length(rng, 9, 11), f.length(rng, 5, 8)
     box_a, box_b = f.fit(rng, _box(0, 0, sa, sa), _box((sa + sb) / 2 + gap, 0, sb, sb))
-    y = int((box_a[1] + box_a[3]) / 2)
-    xa, xb, mid = int((box_a[0] + box_a[2]) / 2), int((box_b[0] + box_b[2]) / 2), round((box_a[2] + box_b[0]) / 2)
+    y = _cell_floor((box_a[1] + box_a[3]) / 2 - CELL / 2)
+    xa, xb = int((box_a[0] + box_a[2]) / 2), int((box_b[0] + box_b[2]) / 2)
+    mid = _cell_floor((box_a[2] + box_b[0]) / 2 + CELL / 2)
     hand_a, hand_b = np.zeros((2, f.size, f.size), bool)
-    hand_a[y, xa:mid] = True
-    hand_b[y, mid:xb] = True
+    hand_a[y:y + CELL, xa:mid] = True
+    hand_b[y:y + CELL, mid:xb] = True
     return [(_up(hand_a), COLOURS[a.colour]), (_up(hand_b), COLOURS[b.colour]),
             (f.mask(a.shape, box_a), COLOURS[a.colour]), (f.mask(b.shape, box_b), COLOURS[b.colour])]
 
@@ -243,15 +253,19 @@ def _side_by_side(a: Entity, b: Entity, f: _Frame, rng: np.random.Generator, sa:
 
 
 def _hug(a, b, rng, f):
-    """A (bigger) leaning on B from the left, its two 1 px arms over B's top and bottom edges."""
+    """A (bigger) leaning on B from the left, its two arms over B's top and bottom edges: one cell
+    (2 px) thick, aligned to the model's cells, as close to B as the cells allow (a 1 px arm
+    is half a cell, which the model mostly failed to draw)."""
     sb = f.length(rng, 8, 10)
     sa = sb + f.length(rng, 3, 5)
     mask_a, mask_b = _side_by_side(a, b, f, rng, sa, sb)
     pixels_a, pixels_b = _pixels(mask_a), _pixels(mask_b)
     rows, cols = _rows(pixels_b), _cols(pixels_b)
-    start, end = int(np.mean(_cols(pixels_a))), cols[0] + (3 * len(cols)) // 4
+    start, end = _cell_floor(np.mean(_cols(pixels_a))), _cell_floor(cols[0] + (3 * len(cols)) // 4 + CELL / 2)
     arms = np.zeros_like(pixels_b)
-    arms[[rows[0] - 1, rows[-1] + 1], start:end] = True
+    top, bottom = _cell_floor(rows[0] - CELL), _cell_floor(rows[-1] + CELL)
+    arms[top:top + CELL, start:end] = True
+    arms[bottom:bottom + CELL, start:end] = True
     # On top, so B's faint anti-aliased edge does not tint them.
     return [(mask_a, COLOURS[a.colour]), (mask_b, COLOURS[b.colour]), (_up(arms), COLOURS[a.colour])]
 

@@ -48,6 +48,12 @@ class Relation:
     the relation is in the model but its words do not call it up). ``inverse_words`` paraphrase
     the scene with the entities swapped ("B under A" for "A on B"), None where English has none.
     ``lambda_verb`` is how much the POS-weighted loss leans on verbs rather than prepositions.
+
+    ``synonyms`` are other words for the same scene in the same order ("A atop B"), ``converses``
+    words that describe it with the roles swapped ("B supporting A" for "A on B"), as SD's captions
+    say one scene many ways: they make the steering lists' prepositions and verbs trained rows with
+    a meaning (world language v2, docs/decisions.md). An unnamed relation's synonyms are never its
+    evaluation words.
     """
 
     name: str
@@ -58,6 +64,8 @@ class Relation:
     inverse_words: str | None = None
     symmetric: bool = False  # swapping A and B describes the same scene (only next_to)
     handle: str | None = None  # unnamed relations: the one word pretraining captions sometimes use
+    synonyms: tuple[str, ...] = ()
+    converses: tuple[str, ...] = ()
 
 
 # lambda_verb: a spatial relation is carried by its preposition ("on", "inside"), so the loss leans
@@ -65,27 +73,51 @@ class Relation:
 # the upper end); a behavioural one is an action carried by its verb ("hugging", "riding"), so
 # it leans on verbs (0.7-0.8, "painted"/"carved" at the lower end: their "on"/"by" still matters).
 RELATIONS: dict[str, Relation] = {r.name: r for r in (
-    Relation("painted_on", "painted on", False, "behavioural", 0.7, handle="daubed"),
-    Relation("carved_by", "carved by", True, "behavioural", 0.7),
-    Relation("shake_hands", "shaking hands with", False, "behavioural", 0.8, handle="greeting"),
-    Relation("hug", "hugging", False, "behavioural", 0.8, handle="cuddling"),
-    Relation("back2back", "back to back with", False, "spatial", 0.3, handle="backed"),
-    Relation("inside", "inside", True, "spatial", 0.2),
-    Relation("on", "on", True, "spatial", 0.2, inverse_words="under"),
-    Relation("hanging_from", "hanging from", True, "spatial", 0.3),
-    Relation("wrapped_in", "wrapped in", False, "spatial", 0.3, handle="swaddled"),
-    Relation("ride_on", "riding", True, "behavioural", 0.75),
+    Relation("painted_on", "painted on", False, "behavioural", 0.7, handle="daubed",
+             synonyms=("drawn on", "printed on", "stitched on", "embroidered on"), converses=("decorated with",)),
+    Relation("carved_by", "carved by", True, "behavioural", 0.7,
+             synonyms=("engraved by", "sculpted by", "shaped by", "formed by", "made of", "built of")),
+    Relation("shake_hands", "shaking hands with", False, "behavioural", 0.8, handle="greeting",
+             synonyms=("reaching", "touching")),
+    Relation("hug", "hugging", False, "behavioural", 0.8, handle="cuddling",
+             synonyms=("embracing",), converses=("hugged by",)),
+    Relation("back2back", "back to back with", False, "spatial", 0.3, handle="backed",
+             synonyms=("against", "leaning against")),
+    Relation("inside", "inside", True, "spatial", 0.2,
+             synonyms=("in", "within", "placed into", "hiding in", "trapped in", "locked in", "sealed in",
+                       "buried in", "packed in", "stuffed in", "surrounded by"),
+             converses=("filled with",)),
+    Relation("on", "on", True, "spatial", 0.2, inverse_words="under",
+             synonyms=("atop", "upon", "onto", "resting on", "sitting on", "standing on", "lying on", "perched on",
+                       "placed on", "stacked on", "balancing on", "mounted on", "supported by", "carried by"),
+             converses=("supporting", "carrying", "lifting")),
+    Relation("hanging_from", "hanging from", True, "spatial", 0.3,
+             synonyms=("hung from", "tied to", "attached to", "held by"), converses=("holding",)),
+    Relation("wrapped_in", "wrapped in", False, "spatial", 0.3, handle="swaddled",
+             synonyms=("covered in", "draped in", "framed by", "wearing"), converses=("around", "round")),
+    Relation("ride_on", "riding", True, "behavioural", 0.75,
+             synonyms=("aboard", "driving"), converses=("ridden by",)),
 )}
 
 EXTRA_RELATIONS: dict[str, Relation] = {r.name: r for r in (
-    Relation("above", "above", True, "spatial", 0.2, inverse_words="below"),
-    Relation("below", "below", True, "spatial", 0.2, inverse_words="above"),
+    Relation("above", "above", True, "spatial", 0.2, inverse_words="below",
+             synonyms=("over", "floating above", "flying over", "jumping over")),
+    Relation("below", "below", True, "spatial", 0.2, inverse_words="above", synonyms=("beneath", "underneath")),
     Relation("left_of", "left of", True, "spatial", 0.2, inverse_words="right of"),
     Relation("right_of", "right of", True, "spatial", 0.2, inverse_words="left of"),
-    Relation("next_to", "next to", True, "spatial", 0.2, inverse_words="next to", symmetric=True),
+    Relation("next_to", "next to", True, "spatial", 0.2, inverse_words="next to", symmetric=True,
+             synonyms=("beside", "near", "alongside", "opposite")),
 )}
 
 ALL_RELATIONS: dict[str, Relation] = {**RELATIONS, **EXTRA_RELATIONS}
+
+# The generic role swap (Eq. 2's premise): "B ob <words> A" means "A <words> B", one word placed
+# where Inv-ReVersion places V_inv, as CLIP has passives and other role-swapping constructions.
+# In no steering list and no evaluation prompt.
+SWAP_WORD = "ob"
+# Never captioned with the swap word, in any of their words, so that "B ob riding A" and
+# "B ob backed A" test whether the construction generalises to a relation it was not shown with.
+SWAP_HELD_OUT = ("ride_on", "back2back")
 
 
 def sample_pair(rng: np.random.Generator) -> tuple[Entity, Entity]:

@@ -28,6 +28,8 @@ MIN_AREA = 12  # pixels; a blob any smaller is a speck, not an entity (entities 
 FAINT = 0.3  # a thin mark faded by blur to this fraction of its colour still counts
 MIN_IOU = 0.6  # a body matching no ideal shape this well has no shape
 CONTAINERS = ("inside", "painted_on", "wrapped_in")
+CELL_MARKS = ("shake_hands", "hug")  # their bars and arms are one model cell (2 px) thick, not 1 px
+OWN_COLOUR = 0.3  # carved_by: at least this share of the object's body in B's own colour
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,14 @@ class _Blob:
 
 
 def _blob(pixels: np.ndarray, classes: np.ndarray, share: np.ndarray,
-          extra: np.ndarray | None = None) -> _Blob | None:
+          extra: np.ndarray | None = None, thin: int = 1) -> _Blob | None:
     """The largest body in the colour's ``pixels`` plus ``extra`` pixels that belong to it
-    (1 px marks dropped, seams closed, holes filled).
+    (marks up to ``thin`` px tall dropped, seams closed, holes filled).
 
     ``share`` is the colour's part of each pixel: the body's own pixels and its rim of seams and
     anti-aliased background keep theirs as coverage; the rest of the body counts as covered.
     """
-    labels, n = label(fill_holes(close(drop_thin_rows(pixels if extra is None else pixels | extra))))
+    labels, n = label(fill_holes(close(drop_thin_rows(pixels if extra is None else pixels | extra, thin))))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     if n == 0 or sizes.max() < MIN_AREA:
         return None
@@ -171,7 +173,8 @@ def _view(image: np.ndarray, a: Entity, relation: str, b: Entity) -> _View:
     white = classes == WHITE_MARK
     # Unmixed against each other, so a seam between A and B gives each its part.
     share, _ = _shares(rgb, [COLOURS[a.colour], COLOURS[b.colour]])
-    body_a = _blob(colour_a, classes, share[..., 0])
+    thin = 2 if relation in CELL_MARKS else 1
+    body_a = _blob(colour_a, classes, share[..., 0], thin=thin)
     if relation == "carved_by":  # the grooves cut B's colour into strips; they belong to the object
         body_b = _blob(colour_b, classes, share[..., 1], extra=white)
     elif relation in CONTAINERS and body_a is not None:  # A covers part of B (or of its ring)
@@ -180,7 +183,7 @@ def _view(image: np.ndarray, a: Entity, relation: str, b: Entity) -> _View:
         own = _blob(colour_b, classes, share[..., 1])
         body_b = None if own is None else _blob(colour_b, classes, share[..., 1], extra=body_a.mask)
     else:
-        body_b = _blob(colour_b, classes, share[..., 1])
+        body_b = _blob(colour_b, classes, share[..., 1], thin=thin)
     return _View(rgb, COLOURS[a.colour], COLOURS[b.colour], colour_a, colour_b, white, classes == BACK,
                  body_a, body_b)
 
@@ -231,12 +234,13 @@ def _clear_between(v: _View) -> bool:
 
 
 def _hands(v: _View) -> bool:
-    """A row across the gap filled by A's colour on the left, B's colour on the right."""
+    """A row across the gap filled by A's colour on the left, B's colour on the right (where they
+    meet, one blended pixel may count as both)."""
     cols = slice(v.a.x1 + 1, v.b.x0)
     hand_a, hand_b = _faint(v, v.rgb_a, beside=v.rgb_b)[:, cols], _faint(v, v.rgb_b, beside=v.rgb_a)[:, cols]
     for y in range(max(v.a.y0, v.b.y0), min(v.a.y1, v.b.y1) + 1):
         xa, xb = np.flatnonzero(hand_a[y]), np.flatnonzero(hand_b[y])
-        if len(xa) and len(xb) and xa.max() < xb.min() and len(xa) + len(xb) >= 0.6 * (v.b.x0 - v.a.x1 - 1):
+        if len(xa) and len(xb) and xa.max() <= xb.min() + 1 and len(xa) + len(xb) >= 0.6 * (v.b.x0 - v.a.x1 - 1):
             return True
     return False
 
@@ -287,9 +291,14 @@ def _painted(v: _View) -> bool:
 
 def _carved(v: _View) -> bool:
     """One object of B's colour, grooved with white, and no A colour anywhere."""
-    if v.a is not None or v.b is None:
+    if v.a is not None or not _own_body(v):
         return False
     return (_faint(v, WHITE, v.rgb_b) & v.b.mask).sum() >= max(3, 0.05 * v.b.area)
+
+
+def _own_body(v: _View) -> bool:
+    """carved_by's object has a body of B's own colour, not just grooves and a faint outline."""
+    return v.b is not None and (v.colour_b & v.b.mask).sum() >= OWN_COLOUR * v.b.area
 
 
 _CHECKS: dict[str, Callable[[_View], bool]] = {
@@ -334,7 +343,7 @@ def score(image: np.ndarray, a: Entity, relation: str, b: Entity) -> Score:
     shape_a, shape_b = shape_of(v.a), shape_of(v.b)
     if relation == "carved_by":  # A's shape, made of B; A's own colour must be gone
         shape_a, shape_b = shape_b, None
-        entity_a, entity_b = shape_a == a.shape, v.b is not None and v.a is None
+        entity_a, entity_b = shape_a == a.shape, _own_body(v) and v.a is None
         related = _carved(v)
     else:
         entity_a, entity_b = shape_a == a.shape, shape_b == b.shape
