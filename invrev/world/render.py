@@ -245,9 +245,12 @@ def _shake_hands(a, b, rng, f):
             (f.mask(a.shape, box_a), COLOURS[a.colour]), (f.mask(b.shape, box_b), COLOURS[b.colour])]
 
 
-def _side_by_side(a: Entity, b: Entity, f: _Frame, rng: np.random.Generator, sa: float, sb: float):
-    """A leaning on B from the left, same height, touching; returns both masks."""
-    box_a, box_b = f.fit(rng, _box(0, 0, sa, sa), _box((sa + sb) / 2, 0, sb, sb))
+def _side_by_side(a: Entity, b: Entity, f: _Frame, rng: np.random.Generator, sa: float, sb: float,
+                  room: float = 0.0):
+    """A leaning on B from the left, same height, touching, ``room`` px kept free above and below
+    B (for marks drawn there); returns both masks."""
+    box_a, box_b, _ = f.fit(rng, _box(0, 0, sa, sa), _box((sa + sb) / 2, 0, sb, sb),
+                            _box((sa + sb) / 2, 0, sb, sb + 2 * room))
     mask_b = f.mask(b.shape, box_b)
     return _settle(f, a.shape, box_a, mask_b, sideways=True), mask_b
 
@@ -258,7 +261,7 @@ def _hug(a, b, rng, f):
     is half a cell, which the model mostly failed to draw)."""
     sb = f.length(rng, 8, 10)
     sa = sb + f.length(rng, 3, 5)
-    mask_a, mask_b = _side_by_side(a, b, f, rng, sa, sb)
+    mask_a, mask_b = _side_by_side(a, b, f, rng, sa, sb, room=(CELL + 2) * f.size / 32)
     pixels_a, pixels_b = _pixels(mask_a), _pixels(mask_b)
     rows, cols = _rows(pixels_b), _cols(pixels_b)
     start, end = _cell_floor(np.mean(_cols(pixels_a))), _cell_floor(cols[0] + (3 * len(cols)) // 4 + CELL / 2)

@@ -28,7 +28,10 @@ MIN_AREA = 12  # pixels; a blob any smaller is a speck, not an entity (entities 
 FAINT = 0.3  # a thin mark faded by blur to this fraction of its colour still counts
 MIN_IOU = 0.6  # a body matching no ideal shape this well has no shape
 CONTAINERS = ("inside", "painted_on", "wrapped_in")
-CELL_MARKS = ("shake_hands", "hug")  # their bars and arms are one model cell (2 px) thick, not 1 px
+# Marks one model cell (2 px) thick, not 1 px, in these relations' entities' colours: shake_hands'
+# hands in A's and B's, hug's arms in A's. Dropping 2 px marks from a body is kept to those bodies:
+# a small cross's arms are barely 3 px.
+CELL_MARKS = {"shake_hands": (True, True), "hug": (True, False)}
 OWN_COLOUR = 0.3  # carved_by: at least this share of the object's body in B's own colour
 
 
@@ -173,8 +176,8 @@ def _view(image: np.ndarray, a: Entity, relation: str, b: Entity) -> _View:
     white = classes == WHITE_MARK
     # Unmixed against each other, so a seam between A and B gives each its part.
     share, _ = _shares(rgb, [COLOURS[a.colour], COLOURS[b.colour]])
-    thin = 2 if relation in CELL_MARKS else 1
-    body_a = _blob(colour_a, classes, share[..., 0], thin=thin)
+    thin_a, thin_b = (2 if cell else 1 for cell in CELL_MARKS.get(relation, (False, False)))
+    body_a = _blob(colour_a, classes, share[..., 0], thin=thin_a)
     if relation == "carved_by":  # the grooves cut B's colour into strips; they belong to the object
         body_b = _blob(colour_b, classes, share[..., 1], extra=white)
     elif relation in CONTAINERS and body_a is not None:  # A covers part of B (or of its ring)
@@ -183,7 +186,7 @@ def _view(image: np.ndarray, a: Entity, relation: str, b: Entity) -> _View:
         own = _blob(colour_b, classes, share[..., 1])
         body_b = None if own is None else _blob(colour_b, classes, share[..., 1], extra=body_a.mask)
     else:
-        body_b = _blob(colour_b, classes, share[..., 1], thin=thin)
+        body_b = _blob(colour_b, classes, share[..., 1], thin=thin_b)
     return _View(rgb, COLOURS[a.colour], COLOURS[b.colour], colour_a, colour_b, white, classes == BACK,
                  body_a, body_b)
 
