@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from invrev.config import TABLE1, TABLE2, VARIANTS
-from invrev.ratings import CRITERIA, PAPER_NAMES, accuracy, automatic_rank
+from invrev.ratings import CRITERIA
+from invrev.tables import PAPER_NAMES, accuracy, automatic_rank, rank
+from invrev.world.scene import RELATIONS
 
 SPEARMAN_05 = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648, 11: 0.618, 12: 0.587}  # two-sided 5%
 
@@ -75,7 +77,7 @@ def compare(runs: Sequence[Mapping], with_: str, without: str, criterion: str, *
 
 
 def pooled(runs: Sequence[Mapping], variant: str, criterion: str, relations: Sequence[str] | None = None) -> dict | None:
-    """:func:`invrev.ratings.accuracy` of ``criterion`` ("entity", "relation" or "fusion") over several
+    """:func:`invrev.tables.accuracy` of ``criterion`` ("entity", "relation" or "fusion") over several
     relations (all by default): images pooled over them and the seeds; None without images."""
     chosen = [r for r in runs if relations is None or r["relation"] in relations]
     acc = accuracy(chosen, variant, criterion)
@@ -84,8 +86,6 @@ def pooled(runs: Sequence[Mapping], variant: str, criterion: str, relations: Seq
 
 def relation_kinds(runs: Sequence[Mapping]) -> dict[str, list[str]]:
     """The runs' relations by kind: behavioural / spatial (the POS weighting's axis), named / unnamed."""
-    from invrev.world.scene import RELATIONS
-
     found = [r for r in dict.fromkeys(run["relation"] for run in runs) if r in RELATIONS]
     return {"behavioural": [r for r in found if RELATIONS[r].kind == "behavioural"],
             "spatial": [r for r in found if RELATIONS[r].kind == "spatial"],
@@ -199,8 +199,6 @@ def suppressor_claim(runs: Sequence[Mapping], rows: Sequence[Mapping] | None = N
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (ties take their mean rank)."""
-    from invrev.ratings import rank
-
     rx, ry = (rank(dict(enumerate(v))) for v in (x, y))
     a, b = [rx[i] for i in range(len(x))], [ry[i] for i in range(len(y))]
     ma, mb = statistics.fmean(a), statistics.fmean(b)

@@ -12,11 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from invrev.world.pretrain_config import PretrainConfig
-
-WORLD_MODEL = "data/world/model"  # invrev.models.WORLD_MODEL, repeated so that --help does not import torch
-BENCHMARK = "data/world/benchmark"
-RUN_NOTEBOOK = "notebooks/10_run.ipynb"  # invrev.notebooks.RUN_NOTEBOOK
+from invrev.paths import RUN_NOTEBOOK, WORLD_MODEL
+from invrev.paths import WORLD_BENCHMARK as BENCHMARK
+from invrev.world_model.config import PretrainConfig
 
 EPILOG = """\
 start here:
@@ -110,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     _add_config_options(p, PretrainConfig, PRETRAIN_HELP)
     p.set_defaults(func=_pretrain)
+    p = wsub.add_parser("premises", help="does a world model give each mechanism its premise? the role swap and the words")
+    p.add_argument("--model", default=WORLD_MODEL)
+    p.add_argument("--split", default="validation", choices=("validation", "held_out", "seen"))
+    p.add_argument("--prompts", type=int, default=20)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--out", help="JSON file for the measurements")
+    p.set_defaults(func=_premises)
     p = wsub.add_parser("report", help="per-relation accuracy of a world model prompted in words")
     p.add_argument("--model", default=WORLD_MODEL)
     p.add_argument("--prompts", type=int, default=20)
@@ -298,22 +303,37 @@ def _check_scorer(args) -> int:
 
 
 def _benchmark(args) -> int:
-    from invrev.world import benchmark
+    from invrev.world_model import release
 
-    root = benchmark.write_benchmark(args.out, args.seed)
+    root = release.write_benchmark(args.out, args.seed)
     print(f"benchmark written to {root}")
     return 0
 
 
+def _premises(args) -> int:
+    from invrev.world_model import premises
+
+    share = premises.trained_share(v2=True)
+    words = {"trained_share": share, "cosine": premises.cosine_structure(args.model)}
+    print(f"steering positives with a world meaning that are trained rows: {share['with a world meaning']}")
+    print(f"cosine structure of the token table: {words['cosine']}")
+    rows = premises.swap_table(args.model, args.split, args.prompts, args.samples)
+    print(premises.format_swap_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "split": args.split, "swap": rows, "words": words},
+                                             indent=1) + "\n")
+    return 0
+
+
 def _report(args) -> int:
-    from invrev.world import release
+    from invrev.world_model import release
 
     print(release.format_report(release.report(args.model, args.prompts, args.samples)))
     return 0
 
 
 def _sweep(args) -> int:
-    from invrev.world import release
+    from invrev.world_model import release
 
     settings = [{"guidance": g, "steps": n, "scheduler": args.scheduler, "guidance_rescale": r}
                 for n in args.steps for r in args.rescale for g in args.guidance]
@@ -331,7 +351,7 @@ def _sweep(args) -> int:
 
 
 def _ship(args) -> int:
-    from invrev.world import release
+    from invrev.world_model import release
 
     dest = release.ship(args.source, args.dest, args.prompts, args.samples)
     print(f"model shipped to {dest}; manifest at {dest.parent / 'manifest.json'}")
@@ -361,7 +381,7 @@ def _add_config_options(parser: argparse.ArgumentParser, config: type, helps: di
 
 
 def _pretrain(args) -> int:
-    from invrev.world import pretrain
+    from invrev.world_model import pretrain
 
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     out = pretrain.pretrain(args.out, config, resume=not args.fresh)

@@ -18,6 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
+from invrev.paths import WORLD_MODEL
+
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -324,7 +326,7 @@ def _type_name(hint: Any) -> str:
 RECIPES: dict[str, dict[str, Any]] = {
     "sd15": {},
     "world": {
-        "model": "data/world/model",
+        "model": WORLD_MODEL,
         "revision": "local",
         "resolution": 32,
         "steps": 150,  # the control loss plateaus by step 100; the denoising loss shows no trend over 300

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from invrev import models, runs
-from invrev.config import ConfigError, TrainConfig, VARIANTS, make_config
+from invrev.config import VARIANTS, ConfigError, TrainConfig, make_config
 from invrev.notebooks import RUN_NOTEBOOK, notebook_parameters
 from invrev.runs import repo_path, repo_relative
+from invrev.world.scene import RELATIONS, config_overrides
 
 PER_RUN = ("relation", "variant", "seed", "runs_root")  # set by the batch for each run, never by experiments
 EXPERIMENT_KEYS = ("relations", "variants", "seeds", "params")
@@ -70,8 +71,6 @@ def run_config(exemplars: str | Path, variant: str, *, model: str, seed: int, re
     λ_verb (``invrev.world.scene.RELATIONS``); ``lambda_verb`` None keeps that (or the recipe's).
     ``overrides`` are config fields and win over both.
     """
-    from invrev.world.scene import config_overrides
-
     models.resolve_model(model)  # a missing model is named before anything reads it
     recipe = recipe or models.recipe_of(model)
     relation = config_overrides(Path(exemplars).name) if recipe == "world" else {}
@@ -91,8 +90,6 @@ def notebook_run_config(params: Mapping[str, Any]) -> TrainConfig:
 def load_experiment(source: str | Path | Mapping) -> Experiment:
     """Read and check an experiment (a YAML file or a mapping): names, seeds, structure."""
     import yaml
-    from invrev.world.scene import RELATIONS
-
     where = str(source) if not isinstance(source, Mapping) else "<mapping>"
     if isinstance(source, Mapping):
         data = dict(source)

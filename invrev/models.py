@@ -15,7 +15,6 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,9 +24,7 @@ if TYPE_CHECKING:  # diffusers and transformers load on first use: seconds a not
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORLD_MODEL = "data/world/model"
-
+from invrev.paths import REPO_ROOT, WORLD_MODEL  # noqa: F401  (re-exported: models is where loaders look)
 
 # ReVersion's inference (SD 1.5's shipped scheduler, 50 steps, guidance 7.5): what a model without
 # recommended settings of its own in ``invrev.json`` is sampled with.

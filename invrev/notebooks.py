@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from invrev.models import REPO_ROOT
+from invrev.paths import RUN_NOTEBOOK  # noqa: F401  (re-exported)
 from invrev.runs import repo_path, repo_relative
 
-RUN_NOTEBOOK = "notebooks/10_run.ipynb"
 KERNEL = "python3"
 # Tiny parameters per notebook: what `invrev notebooks` (make notebooks) and the smoke tests run.
 TINY = {

@@ -1,10 +1,9 @@
-"""Average rank on the paper's 1–4 scale, from people (``ratings.csv``) or from the world's scorer.
+"""People's ratings: the paper's user study, replayable, with average user rank on its 1–4 scale.
 
 The paper's user study shows a rater one prompt's images from four methods and asks for a ranking
 by entity accuracy and one by relation accuracy (4 = best); a method's number is its rank averaged
-over raters and sets (Table 1: Inv-ReVersion 3.0–3.9 ... SD 1.5–2.1). :func:`automatic_rank` runs
-the same computation with the scorer as the rater, one set per relation × seed × held-out prompt,
-so the two stand side by side in the results notebook. The rating widget of
+over raters and sets (Table 1: Inv-ReVersion 3.0–3.9 ... SD 1.5–2.1). ``invrev.tables`` ranks the
+same way with the scorer as the rater, so the two stand side by side in the results notebook. The rating widget of
 ``notebooks/30_explorer.ipynb`` drives a :class:`RatingSession`: blind (the rater sees the
 relation, its exemplars and numbered images; which method drew which image is told only when they
 finish), one save per set. Everything a person does can be replayed without a widget.
@@ -13,7 +12,6 @@ finish), one save per set. Everything a person does can be replayed without a wi
 from __future__ import annotations
 
 import csv
-import math
 import random
 import statistics
 from collections import defaultdict
@@ -21,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from invrev import generate, measure, runs
 from invrev.config import TABLE1, VARIANTS
-from invrev.evaluate import wilson
-from invrev.layout import image_seed, prompt_index
+from invrev.data import image_files
 from invrev.models import REPO_ROOT
+from invrev.tables import PAPER_NAMES, rank
+from invrev.world import scene
 
 CRITERIA = ("entity", "relation")
 INSTRUCTIONS = {  # what the paper asked its raters, for each criterion
@@ -34,19 +34,10 @@ INSTRUCTIONS = {  # what the paper asked its raters, for each criterion
               "(their colour and shape), whatever the relation?",
 }
 FIELDS = ("rater", "relation", "prompt", "seed", "variant", "criterion", "rank")
-PAPER_NAMES = {"sd": "SD", "textual_inversion": "Textual Inversion", "reversion": "ReVersion",
-               "inv_reversion": "Inv-ReVersion", "no_inverse": "w/o inverse text",
-               "no_pos_weight": "w/o POS weighting", "no_hf": "w/o HF suppressor"}
 
 
 class RatingError(ValueError):
     """A rating row or rating file is malformed; the message says which and how to fix it."""
-
-
-def rank(scores: Mapping[str, float]) -> dict[str, float]:
-    """Ranks 1..n with n = best (the paper's scale); tied scores share the mean of their ranks."""
-    ordered = sorted(scores.values())
-    return {k: statistics.fmean(i + 1 for i, s in enumerate(ordered) if s == v) for k, v in scores.items()}
 
 
 # People's ratings ---------------------------------------------------------------------------------
@@ -56,7 +47,7 @@ class RatingSet:
     """One prompt's images from several variants, shown in ``variants`` order (random per set)."""
 
     relation: str
-    index: int  # which held-out pair (the order of evaluate.test_prompts)
+    index: int  # which held-out pair (the order of measure.items)
     prompt: str  # "a red circle <r> a blue square"; the sd variant is prompted in words
     seed: int  # the runs' seed; the image is the one evaluate draws as sample 0 of this prompt
     variants: tuple[str, ...]
@@ -66,8 +57,6 @@ def sample_rating_set(relation: str, rng: random.Random, variants: Sequence[str]
                       seeds: Sequence[int] = (0,), prompts: int = 20) -> RatingSet:
     """A random held-out prompt and seed, with the variants in a random order (raters must not
     learn which column is which method)."""
-    from invrev.evaluate import test_prompts
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise RatingError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -75,7 +64,7 @@ def sample_rating_set(relation: str, rng: random.Random, variants: Sequence[str]
     seed = rng.choice(list(seeds))
     order = list(variants)
     rng.shuffle(order)
-    prompt = test_prompts(relation, "inv_reversion", index + 1)[index]["prompt"]
+    prompt = measure.items(relation, "token", index + 1)[index].prompt
     return RatingSet(relation, index, prompt, seed, tuple(order))
 
 
@@ -84,24 +73,24 @@ def draw(components, runs_root: str | Path, relation: str, variant: str, seed: i
     """Images of "a <A> <r> a <B>" with the learned tokens of run ``runs_root/relation/variant/seed<k>``
     (the relation in words for ``sd``), one per image seed; ``a``/``b`` are world entities. Steps
     and guidance left None are the model's recommended settings."""
-    from invrev import generate, runs, text
-    from invrev.world import captions, scene
-
     if variant != "sd":
         generate.load_run_tokens(components, runs.run_dir(runs_root, relation, variant, seed))
-    words = scene.RELATIONS[relation].words if variant == "sd" else "<r>"
-    prompt = text.fill(captions.template(a, b), words)
+    prompt = measure.prompt_for("words" if variant == "sd" else "token", relation, a, b)
     return generate.generate(components, [prompt] * len(image_seeds), list(image_seeds), steps, guidance)
 
 
 def draw_set(components, runs_root: str | Path, rating_set: RatingSet, steps: int | None = None,
              guidance: float | None = None) -> list:
-    """One image per variant of the set, in its shown order: the image evaluate scored for it."""
-    from invrev.world import benchmark
-
-    a, b = benchmark.test_pairs(rating_set.relation, rating_set.index + 1)[rating_set.index]
-    return [draw(components, runs_root, rating_set.relation, v, rating_set.seed, a, b, [image_seed(rating_set.seed, rating_set.index)], steps, guidance)[0]
-            for v in rating_set.variants]
+    """One image per variant of the set, in its shown order: the image evaluate scored for it
+    (sample 0 of its held-out prompt, through ``invrev.measure``)."""
+    images = []
+    for variant in rating_set.variants:
+        if variant != "sd":
+            generate.load_run_tokens(components, runs.run_dir(runs_root, rating_set.relation, variant, rating_set.seed))
+        kind = "words" if variant == "sd" else "token"
+        item = measure.items(rating_set.relation, kind, rating_set.index + 1)[rating_set.index]
+        images.append(measure.draw(components, [item], rating_set.seed, 1, steps=steps, guidance=guidance)[0][0])
+    return images
 
 
 def rows_for(rater: str, rating_set: RatingSet, criterion: str, ranks: Mapping[str, int], ties: bool = False) -> list[dict]:
@@ -178,9 +167,6 @@ class RatingSession:
 
     def shown(self, rating_set: RatingSet | None = None) -> dict:
         """What the rater sees of a set: relation, prompt in words, exemplar paths and instructions."""
-        from invrev.data import image_files
-        from invrev.world import scene
-
         rating_set = rating_set or self._current()
         words = scene.RELATIONS[rating_set.relation].words
         n = len(rating_set.variants)
@@ -277,71 +263,3 @@ def average_user_rank(rows: Iterable[Mapping]) -> dict[str, dict[str, dict[str, 
     for row in rows:
         ranks[row["criterion"]][row["relation"]][row["variant"]].append(float(row["rank"]))
     return {c: {r: {v: statistics.fmean(x) for v, x in vs.items()} for r, vs in rels.items()} for c, rels in ranks.items()}
-
-
-# The scorer as rater ------------------------------------------------------------------------------
-
-def automatic_rank(runs: Iterable[Mapping], variants: Sequence[str], criterion: str) -> dict[str, dict[str, float]]:
-    """``rank[relation][variant]``: the variants ranked by the scorer per relation × seed × prompt.
-
-    A set's score for a variant is the fraction of that prompt's images passing ``criterion``; sets
-    where a variant has no run are left out, so every variant is ranked on the same sets.
-    """
-    scores: dict = defaultdict(lambda: defaultdict(dict))  # (relation, seed, prompt) -> variant -> hits
-    for run in runs:
-        if run["variant"] not in variants:
-            continue
-        by_prompt = defaultdict(list)
-        for image in run["images"]:
-            by_prompt[prompt_index(image["seed"])].append(image[criterion])
-        for index, hits in by_prompt.items():
-            scores[run["relation"]][(run["seed"], index)][run["variant"]] = statistics.fmean(hits)
-    out = {}
-    for relation, sets in scores.items():
-        ranked = [rank(s) for s in sets.values() if len(s) == len(variants)]
-        if ranked:
-            out[relation] = {v: statistics.fmean(r[v] for r in ranked) for v in variants}
-    return out
-
-
-def accuracy(runs: Iterable[Mapping], variant: str, criterion: str, relation: str | None = None) -> dict | None:
-    """Images pooled over seeds and prompts (of one relation, or all): the rate, its Wilson 95%
-    interval, and the spread (sample standard deviation) of the per-seed rates; None without runs."""
-    chosen = [r for r in runs if r["variant"] == variant and relation in (None, r["relation"])]
-    if not chosen:
-        return None
-    hits = [int(image[criterion]) for r in chosen for image in r["images"]]
-    per_seed = defaultdict(list)
-    for r in chosen:
-        per_seed[r["seed"]].extend(int(image[criterion]) for image in r["images"])
-    rates = [statistics.fmean(x) for x in per_seed.values() if x]
-    lo, hi = wilson(sum(hits), len(hits))
-    return {"rate": sum(hits) / len(hits) if hits else math.nan, "ci95": (lo, hi), "n": len(hits),
-            "seeds": len(rates), "seed_sd": statistics.stdev(rates) if len(rates) > 1 else math.nan}
-
-
-def markdown_table(runs: Sequence[Mapping], variants: Sequence[str], criterion: str,
-                   user: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
-    """The paper's table for one criterion: a row per relation and one pooled over all, a column per
-    variant; a cell reads "accuracy [95% interval] ±seed spread · automatic rank (· user rank)"."""
-    auto = automatic_rank(runs, variants, criterion)
-    people = (user or {}).get(criterion, {})
-    relations = list(dict.fromkeys(r["relation"] for r in runs))
-    lines = ["| relation | " + " | ".join(PAPER_NAMES.get(v, v) for v in variants) + " |",
-             "| --- |" + " --- |" * len(variants)]
-    for relation in [*relations, None]:
-        cells = []
-        for v in variants:
-            acc = accuracy(runs, v, criterion, relation)
-            if acc is None:
-                cells.append("–")
-                continue
-            ranks = [auto[r][v] for r in ([relation] if relation else auto) if r in auto]
-            users = [people[r][v] for r in ([relation] if relation else people) if v in people.get(r, {})]
-            cell = f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
-            cell += f" ±{acc['seed_sd']:.2f}" if not math.isnan(acc["seed_sd"]) else ""
-            cell += f" · rank {statistics.fmean(ranks):.2f}" if ranks else ""
-            cell += f" · user {statistics.fmean(users):.2f}" if users else ""
-            cells.append(cell)
-        lines.append(f"| {relation or '**all**'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -14,11 +14,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from invrev import layout, runs
 from invrev.config import VARIANTS
+from invrev.experiments import load_experiment
+from invrev.models import ModelError, sampling_settings
+from invrev.runs import model_fingerprint
 from invrev.notebooks import execute as execute_notebook
+from invrev.world.scene import RELATIONS
 
 RESULTS_NOTEBOOK = "notebooks/20_results.ipynb"
 RECORD_GRID_PROMPTS = 4  # the record keeps the grid rows of a run's first prompts (the book's side-by-side figures)
@@ -36,8 +41,6 @@ def load_runs(root: str | Path) -> list[dict]:
     Each item: relation, variant, seed, folder, config, manifest, batch (how the batch ran it, or
     {}), summary and images (from ``eval/metrics.json``), grid and log (paths, or None).
     """
-    from invrev.world.scene import RELATIONS
-
     found = []
     for metrics in sorted(Path(root).glob("*/*/seed*/eval/metrics.json")):
         folder = metrics.parent.parent
@@ -60,44 +63,55 @@ def device(name: str) -> str:
     return re.sub(r"\b1 threads\b", "1 thread", name)
 
 
-def sampling_note(found: list[dict]) -> str:
-    """The sentence every page showing the record's numbers carries while the record was sampled at
-    another classifier-free guidance than its model recommends; "" once they agree (after a rerun)."""
-    from invrev.models import ModelError, sampling_settings
+@dataclass(frozen=True)
+class SamplingStatus:
+    """How a record's runs were sampled against what their model recommends now: the guidance they
+    were drawn at, the model's own, and whether they were made on another model than the one in
+    their model folder now (``stale``). The pages that show the record say what it means."""
 
+    sampled: tuple[float, ...]
+    recommended: tuple[float, ...]
+    stale: bool
+
+    @property
+    def current(self) -> bool:
+        """The record describes the model as it is, at its own sampling settings."""
+        return not self.stale and (not self.sampled or set(self.sampled) == set(self.recommended))
+
+
+def sampling_status(found: list[dict]) -> SamplingStatus:
+    """:class:`SamplingStatus` of the runs ``found`` (:func:`load_runs`)."""
     recorded = sorted({r["summary"].get("guidance") for r in found} - {None})
-    models = sorted({r["summary"].get("model") or r["config"].get("model") for r in found} - {None})
+    names = sorted({r["summary"].get("model") or r["config"].get("model") for r in found} - {None})
     try:
-        recommended = {sampling_settings(m)["guidance"] for m in models}
+        recommended = sorted({sampling_settings(m)["guidance"] for m in names})
     except ModelError:
-        recommended = set()
-    from invrev.runs import model_fingerprint
-
+        recommended = []
     prints = {r["summary"].get("model_fingerprint") for r in found} - {None}
-    stale = bool(prints) and prints != {model_fingerprint(m) for m in models}
-    if not stale and (not recorded or set(recorded) == recommended):
-        return ""
-    sampled = ", ".join(f"{g:.1f}" for g in recorded)
-    if stale:
-        return (f"The recorded batch was made on an earlier world model (sampled at classifier-free guidance {sampled}), "
-                "so its numbers describe that model, not the shipped one; a rerun on the shipped model at its own "
-                "sampling settings is pending (`data/world/REPORT.md` measures the shipped model in words and by its handles).")
-    return (f"The recorded batch was sampled at classifier-free guidance {sampled}, where the world model fails "
-            "(at its own settings it draws named relations correctly); a rerun at those settings is pending.")
+    stale = bool(prints) and prints != {model_fingerprint(m) for m in names}
+    return SamplingStatus(tuple(recorded), tuple(recommended), stale)
 
 
-def coverage_note(found: list[dict], experiment: str | Path = "experiments/full.yaml") -> str:
-    """One sentence while the record holds only part of the full batch (which seeds it has); "" when whole."""
-    from invrev.experiments import load_experiment
+@dataclass(frozen=True)
+class Coverage:
+    """Which runs of an experiment a record holds: ``held`` of ``planned``, from ``seeds``."""
 
+    experiment: str
+    held: int
+    planned: int
+    seeds: tuple[int, ...]
+
+    @property
+    def whole(self) -> bool:
+        return self.held == self.planned
+
+
+def coverage(found: list[dict], experiment: str | Path = "experiments/full.yaml") -> Coverage:
+    """:class:`Coverage` of the runs ``found`` against ``experiment``."""
     full = load_experiment(experiment)
     planned = {(r, v, k) for r in full.relations for v in full.variants for k in full.seeds}
     held = {(r["relation"], r["variant"], r["seed"]) for r in found} & planned
-    if not found or held == planned:
-        return ""
-    seeds = sorted({k for _, _, k in held})
-    return (f"The record holds {len(held)} of the {len(planned)} runs of `{experiment}` (seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(map(str, seeds))}); intervals are over images, and the spread over seeds awaits the other seeds.")
+    return Coverage(str(experiment), len(held), len(planned), tuple(sorted({k for _, _, k in held})))
 
 
 def collect(runs_root: str | Path = "runs", dest: str | Path = "results/latest", *, replace: bool = False,

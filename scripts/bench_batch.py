@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invrev import batch, runs
+from invrev import batch, models, runs
 from invrev.config import VARIANTS
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     subset = dict(relations=[args.relation], variants=list(VARIANTS), seeds=[args.seed], **params)
     result = {"subset": f"{args.relation} x {len(VARIANTS)} variants x seed {args.seed}", "workers": args.workers,
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "params": params,
-              "model_fingerprint": runs.model_fingerprint("data/world/model"), "finished": None, "paths": {}}
+              "model_fingerprint": runs.model_fingerprint(models.WORLD_MODEL), "finished": None, "paths": {}}
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         for name, joint in (("old", 0), ("new", args.joint)):
             root = Path(tmp) / name

@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from invrev import demo, evaluate, generate, runs
+from invrev import demo, evaluate, generate, measure, runs
 from invrev.models import WORLD_MODEL
-from invrev.world import captions, scene
+from invrev.world import scene
 
 PANELS = (("sd", "in words"), ("handle", "by its handle"), ("textual_inversion", "Textual Inversion"),
           ("reversion", "ReVersion"), ("inv_reversion", "Inv-ReVersion"), ("no_inverse", "Inv-ReVersion w/o inverse text"))
@@ -26,9 +26,8 @@ def panel(components, relation: str, variant: str, runs_root: Path, seed: int, p
     """The first ``pairs`` held-out pairs x demo.SAMPLES images of one panel, their hits, and the
     accuracy over every image the run (or, for the handle, the shipped model's report) counted."""
     info = scene.RELATIONS[relation]
-    items = evaluate.test_prompts(relation, "sd" if variant in ("sd", "handle") else variant, pairs)
+    items = measure.items(relation, {"sd": "words", "handle": "handle"}.get(variant, "token"), pairs)
     if variant == "handle":
-        texts = [captions.caption(it["a"], relation, it["b"], handle=True) for it in items]
         manifest = json.loads((Path(WORLD_MODEL).parent / "manifest.json").read_text())
         [row] = [r for r in manifest["words_report"] if r["relation"] == relation]
         accuracy, n, prompt = row["handle"]["relation_accuracy"], row["handle"]["n"], f'"A {info.handle} B"'
@@ -47,10 +46,9 @@ def panel(components, relation: str, variant: str, runs_root: Path, seed: int, p
                              f"{shipped}; its images cannot be redrawn here")
         if variant != "sd":
             generate.load_run_tokens(components, folder)
-        texts = [it["prompt"] for it in items]
         accuracy, n = summary["relation_accuracy"], summary["n"]
         prompt = f'"A {info.words} B"' if variant == "sd" else '"A <r> B"'
-    images, scores = evaluate.draw(components, relation, items, texts, seed, demo.SAMPLES)
+    images, scores = measure.draw(components, items, seed, demo.SAMPLES)
     return {"images": images, "hits": [bool(s.relation) for s in scores], "accuracy": accuracy, "n": n, "prompt": prompt, "items": items}
 
 
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> Path:
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_title(f"{name}: {got['prompt']}\nrelation accuracy {got['accuracy']:.2f} (n = {got['n']})", fontsize=10)
-    pairs = "; ".join(f"A = {it['a'].text}, B = {it['b'].text}" for it in got["items"])
+    pairs = "; ".join(f"A = {it.a.text}, B = {it.b.text}" for it in got["items"])
     fig.suptitle(f"{args.relation}, training seed {args.seed}; held-out pairs, one a row: {pairs}\n{demo.SAMPLES} images a pair, "
                  "the same seeds in every panel; green frame: the scorer finds the relation", fontsize=10)
     fig.tight_layout()

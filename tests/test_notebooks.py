@@ -28,7 +28,7 @@ def world_model(tmp_path_factory):
     real = REPO_ROOT / WORLD_MODEL
     if (real / "invrev.json").is_file():
         return str(real)
-    from invrev.world import model, pretrain
+    from invrev.world_model import model, pretrain
 
     small = model.WorldModelConfig(text_width=32, text_layers=1, text_heads=2, unet_channels=(32, 32, 64), head_dim=8)
     folder = tmp_path_factory.mktemp("world")

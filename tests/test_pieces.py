@@ -184,7 +184,7 @@ def test_batched_steer_loss_with_mask_equals_the_per_example_loss():
 
 
 def test_wilson_interval_by_hand():
-    from invrev.evaluate import wilson
+    from invrev.measure import wilson
 
     # 8 of 10 at z = 1.96: centre (0.8 + 0.19208)/1.38416 = 0.71682, half 0.19994
     lo, hi = wilson(8, 10)

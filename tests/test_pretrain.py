@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from invrev.models import load_components
-from invrev.world import model as world_model
-from invrev.world import pretrain
+from invrev.world_model import model as world_model
+from invrev.world_model import pretrain
 
 TINY = world_model.WorldModelConfig(text_width=32, text_layers=1, text_heads=2, unet_channels=(32, 32), head_dim=8)
 
@@ -58,7 +58,7 @@ def test_warm_start_adds_rows_from_and(tmp_path):
     """A model built before the handles existed, continued: old rows equal, new rows = "and"."""
     from unittest import mock
 
-    from invrev.world import model
+    from invrev.world_model import model
 
     words = [w for w in model.vocabulary() if w not in ("daubed", "swaddled")]
     with mock.patch.object(model, "vocabulary", lambda: words):
@@ -104,7 +104,7 @@ def test_a_warm_started_model_inherits_its_sources_sampling_settings(tmp_path):
     import json
 
     from invrev import models
-    from invrev.world import model
+    from invrev.world_model import model
 
     tok, te, unet, sched = model.build(tmp_path / "m", TINY)
     chosen = {"guidance": 1.25, "steps": 7, "scheduler": "DPMSolverMultistepScheduler", "guidance_rescale": 0.0}
@@ -114,7 +114,7 @@ def test_a_warm_started_model_inherits_its_sources_sampling_settings(tmp_path):
     assert models.sampling_settings(str(out)) == chosen
     assert "invrev world sweep --write-model" in json.loads((out / "invrev.json").read_text())["sampling_source"]
     # a sweep of its own replaces the inherited settings and says so
-    from invrev.world import release
+    from invrev.world_model import release
 
     rows = [{"named": True, "scheduler": "DDIMScheduler", "steps": 5, "guidance": g, "guidance_rescale": 0.0, "n": 10,
              "entity": e, "relation_hits": e} for g, e in ((1.0, 9), (2.0, 3))]

@@ -6,15 +6,15 @@ import re
 
 import pytest
 
-from invrev import claims, layout, ratings
+from invrev import claims, layout, ratings, tables
 from invrev.config import TABLE1, TABLE2, VARIANTS
 
 
 def test_rank_is_the_papers_scale_with_ties_averaged():
-    assert ratings.rank({"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3}) == {"a": 1, "b": 4, "c": 3, "d": 2}
+    assert tables.rank({"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3}) == {"a": 1, "b": 4, "c": 3, "d": 2}
     # b and c tie for ranks 2 and 3; all four tied share 2.5
-    assert ratings.rank({"a": 0.0, "b": 0.5, "c": 0.5, "d": 1.0}) == {"a": 1, "b": 2.5, "c": 2.5, "d": 4}
-    assert set(ratings.rank(dict.fromkeys("abcd", 0.0)).values()) == {2.5}
+    assert tables.rank({"a": 0.0, "b": 0.5, "c": 0.5, "d": 1.0}) == {"a": 1, "b": 2.5, "c": 2.5, "d": 4}
+    assert set(tables.rank(dict.fromkeys("abcd", 0.0)).values()) == {2.5}
 
 
 def test_image_seeds_and_grid_cells_invert():
@@ -109,7 +109,7 @@ def test_rating_is_blind_until_the_rater_finishes_and_a_set_is_saved_once(tmp_pa
             session.save({"entity": ranks, "relation": ranks})
         seen.append(str(again.value))
     assert "relation of the exemplar images" in " ".join(seen) and "colour and shape" in " ".join(seen)
-    names = [*VARIANTS, *ratings.PAPER_NAMES.values()]
+    names = [*VARIANTS, *tables.PAPER_NAMES.values()]
     leaked = [n for n in names for text in seen if re.search(rf"(?i)\b{re.escape(n)}\b", text)]
     assert leaked == [], f"method names shown before the rater finished: {leaked}"
     rows = ratings.read_ratings(path)
@@ -126,7 +126,7 @@ def test_rating_is_blind_until_the_rater_finishes_and_a_set_is_saved_once(tmp_pa
     assert ratings.study_size(ratings.read_ratings(path)) == (2, 4)
 
     told = session.finish()  # only now: which method drew which image
-    assert all(ratings.PAPER_NAMES[v] in told for v in TABLE1) and "average relation rank" in told
+    assert all(tables.PAPER_NAMES[v] in told for v in TABLE1) and "average relation rank" in told
     with pytest.raises(ratings.RatingError, match="finished"):
         session.next_set()
 
@@ -147,19 +147,19 @@ def test_automatic_rank_by_hand():
     ]
     # prompt 0 scores: sd 0, ti .5, rev 1, inv 1 -> ranks 1, 2, 3.5, 3.5
     # prompt 1 scores: sd .5, ti .5, rev 0, inv 1 -> ranks 2.5, 2.5, 1, 4
-    got = ratings.automatic_rank(runs, TABLE1, "relation")["on"]
+    got = tables.automatic_rank(runs, TABLE1, "relation")["on"]
     assert got == {"sd": 1.75, "textual_inversion": 2.25, "reversion": 2.25, "inv_reversion": 3.75}
     # a set where one variant has no run is left out rather than ranked on three
-    assert ratings.automatic_rank(runs[:3], TABLE1, "relation") == {}
+    assert tables.automatic_rank(runs[:3], TABLE1, "relation") == {}
 
 
 def test_accuracy_pools_seeds_and_reports_their_spread():
     runs = [_run("on", "sd", 0, [2, 2]), _run("on", "sd", 1, [0, 2]), _run("in", "sd", 0, [0, 0])]
-    acc = ratings.accuracy(runs, "sd", "relation", "on")
+    acc = tables.accuracy(runs, "sd", "relation", "on")
     assert acc["rate"] == 6 / 8 and acc["n"] == 8 and acc["seeds"] == 2
     assert acc["seed_sd"] == pytest.approx(((1 - 0.75) ** 2 * 2) ** 0.5)  # rates 1.0 and 0.5
-    assert ratings.accuracy(runs, "sd", "relation")["rate"] == 6 / 12
-    assert ratings.accuracy(runs, "reversion", "relation") is None
+    assert tables.accuracy(runs, "sd", "relation")["rate"] == 6 / 12
+    assert tables.accuracy(runs, "reversion", "relation") is None
 
 
 def _table_runs(order):
@@ -184,7 +184,7 @@ def test_claims_follow_the_numbers():
 def test_markdown_table_has_a_row_per_relation_and_the_user_rank():
     runs = _table_runs(list(TABLE2) + ["sd", "textual_inversion", "reversion"])
     user = {"relation": {"on": {"inv_reversion": 3.5}}}
-    table = ratings.markdown_table(runs, TABLE1, "relation", user).splitlines()
+    table = tables.markdown_table(runs, TABLE1, "relation", user).splitlines()
     assert len(table) == 2 + 2 + 1  # header, rule, two relations, all
     assert table[2].startswith("| on |") and "user 3.50" in table[2] and "rank" in table[2]
     assert table[-1].startswith("| **all** |")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from invrev import generate, models
-from invrev.world import release
+from invrev.world_model import release
 
 
 def test_a_model_without_settings_is_sampled_as_reversion(tiny_model, components):
@@ -112,13 +112,15 @@ def test_guidance_one_skips_the_unconditional_pass_and_draws_the_same(components
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(fast, slow))
 
 
-def test_the_records_note_names_an_old_model_and_a_wrong_guidance():
+def test_the_records_status_names_an_old_model_and_a_wrong_guidance():
     from invrev import record, runs
 
     model = models.WORLD_MODEL
     own = models.sampling_settings(model)["guidance"]
     now = runs.model_fingerprint(model)
     row = lambda g, fp: {"summary": {"guidance": g, "model": model, "model_fingerprint": fp}, "config": {}}
-    assert "earlier world model" in record.sampling_note([row(4.0, "0" * 64)])
-    assert "guidance 4.0, where the world model fails" in record.sampling_note([row(4.0, now)])
-    assert record.sampling_note([row(own, now)]) == ""
+    old = record.sampling_status([row(4.0, "0" * 64)])
+    assert old.stale and not old.current and old.sampled == (4.0,)
+    off = record.sampling_status([row(4.0, now)])
+    assert not off.stale and not off.current and off.recommended == (own,)
+    assert record.sampling_status([row(own, now)]).current

@@ -6,6 +6,7 @@ import pytest
 
 from invrev.world import captions, grid, render, scene, scorer, scorer_check
 from invrev.world.scene import ALL_RELATIONS, BACKGROUND, COLOURS, Entity
+from invrev.world_model import release
 
 RED_CIRCLE, BLUE_SQUARE = Entity("red", "circle"), Entity("blue", "square")
 ASYMMETRIC = [name for name, info in ALL_RELATIONS.items() if not info.symmetric]
@@ -95,7 +96,7 @@ def test_the_renderer_still_draws_the_shipped_benchmark(tmp_path):
     from invrev.models import REPO_ROOT
     from invrev.world import benchmark
 
-    fresh = benchmark.write_benchmark(tmp_path / "benchmark", seed=0)
+    fresh = release.write_benchmark(tmp_path / "benchmark", seed=0)
     shipped = sorted((REPO_ROOT / "data" / "world" / "benchmark").glob("*/*.png"))
     assert len(shipped) == len(scene.RELATIONS) * benchmark.EXEMPLARS_PER_RELATION
     for png in shipped:
@@ -123,18 +124,18 @@ def test_swapping_entities_changes_the_scene_and_the_verdict(relation):
 
 @pytest.mark.parametrize("relation", ASYMMETRIC)
 def test_the_direction_check_finds_a_relation_drawn_the_wrong_way_round(relation):
-    from invrev.evaluate import drawn_reversed
+    from invrev.measure import score
 
     for seed in range(4):
         a, b = scene.sample_pair(np.random.default_rng(seed))
-        assert not drawn_reversed(render.render(a, relation, b, np.random.default_rng(seed)), a, relation, b)
-        assert drawn_reversed(render.render(b, relation, a, np.random.default_rng(seed)), a, relation, b)
+        assert not score(render.render(a, relation, b, np.random.default_rng(seed)), relation, a, b).reversed
+        assert score(render.render(b, relation, a, np.random.default_rng(seed)), relation, a, b).reversed
 
 
 def test_a_symmetric_relation_is_never_drawn_reversed():
-    from invrev.evaluate import drawn_reversed
+    from invrev.measure import score
 
-    assert not drawn_reversed(render.render(RED_CIRCLE, "next_to", BLUE_SQUARE, np.random.default_rng(0)), BLUE_SQUARE, "next_to", RED_CIRCLE)
+    assert not score(render.render(RED_CIRCLE, "next_to", BLUE_SQUARE, np.random.default_rng(0)), "next_to", BLUE_SQUARE, RED_CIRCLE).reversed
 
 
 @pytest.mark.parametrize("relation", ALL_RELATIONS)

@@ -39,7 +39,7 @@ def test_shipped_model_and_manifest_agree():
 def test_every_stage_of_the_shipped_model_is_recorded_with_its_log():
     """The manifest walks back from the model through each warm start to the from-scratch run, and
     each stage's training log lies beside the model under the name ``ship`` gives it."""
-    from invrev.world import release
+    from invrev.world_model import release
 
     manifest = json.loads((REPO_ROOT / "data" / "world" / "manifest.json").read_text())
     chain = release.stages(manifest["model"])

@@ -7,9 +7,6 @@ on subjects × objects absent from the exemplars).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from invrev.world import captions, render, scene
@@ -47,7 +44,7 @@ def test_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, s
 
 
 def exemplar_pairs(relation: str, seed: int = 0) -> list[tuple[scene.Entity, scene.Entity]]:
-    """The pairs of a relation's shipped exemplars (as :func:`write_benchmark` draws them)."""
+    """The pairs of a relation's shipped exemplars (as :func:`exemplars` draws them)."""
     train = training_pairs()
     rng = np.random.default_rng([seed, sorted(scene.RELATIONS).index(relation)])
     return [train[i] for i in rng.choice(len(train), EXEMPLARS_PER_RELATION, replace=False)]
@@ -76,19 +73,18 @@ def seen_pairs(relation: str, n: int = TEST_PAIRS) -> list[tuple[scene.Entity, s
     return [pool[i] for i in rng.permutation(len(pool))[:n]]
 
 
-def write_benchmark(root: str | Path, seed: int = 0) -> Path:
-    """Render every relation's exemplars (training pairs only) into ``root/<relation>/`` + text.json."""
-    from invrev.data import write_exemplars
-
-    root = Path(root)
+def exemplars(relation: str, seed: int = 0) -> tuple[list[tuple[scene.Entity, scene.Entity]], list, list[list[str]]]:
+    """A relation's exemplars: their pairs (training pairs only), renders, and templates in
+    ReVersion's two forms ("a red circle {} a blue square", "red circle {} blue square")."""
     train = training_pairs()
-    for k, relation in enumerate(sorted(scene.RELATIONS)):
-        rng = np.random.default_rng([seed, k])
-        chosen = [train[i] for i in rng.choice(len(train), EXEMPLARS_PER_RELATION, replace=False)]
-        images = [render.render(a, relation, b, rng) for a, b in chosen]
-        templates = [[captions.template(a, b), captions.template(a, b).removeprefix("a ").replace(" {} a ", " {} ")]
-                     for a, b in chosen]
-        write_exemplars(root / relation, images, templates)
-    prompts = {r: [[a.text, b.text] for a, b in test_pairs(r)] for r in sorted(scene.RELATIONS)}
-    (root / "test_prompts.json").write_text(json.dumps(prompts, indent=1) + "\n")
-    return root
+    rng = np.random.default_rng([seed, sorted(scene.RELATIONS).index(relation)])
+    chosen = [train[i] for i in rng.choice(len(train), EXEMPLARS_PER_RELATION, replace=False)]
+    images = [render.render(a, relation, b, rng) for a, b in chosen]
+    templates = [[captions.template(a, b), captions.template(a, b).removeprefix("a ").replace(" {} a ", " {} ")]
+                 for a, b in chosen]
+    return chosen, images, templates
+
+
+def test_prompt_pairs() -> dict[str, list[list[str]]]:
+    """Every benchmark relation's held-out test pairs as entity texts (``test_prompts.json``)."""
+    return {r: [[a.text, b.text] for a, b in test_pairs(r)] for r in sorted(scene.RELATIONS)}

@@ -67,8 +67,9 @@ class CaptionMix:
     Unnamed ones: the handle (``handle``), a synonym (``synonym``), else vaguely "A and B".
     Any caption in the scene's order, but not "A and B", an unnamed relation's evaluation words or
     a relation of ``SWAP_HELD_OUT``, is said with the swap word with probability ``swap``; any
-    caption drops its articles with probability ``bare``. All zero but ``handle``: the captions
-    of the world's first three model stages.
+    caption drops its articles with probability ``bare``. The world's first three model stages
+    had no synonyms, no converses but the five ``inverse_words`` (said half the time), no swap
+    word and always articles.
     """
 
     handle: float = 0.5

@@ -6,23 +6,23 @@ import json
 import shutil
 from pathlib import Path
 
-from invrev import generate, runs
+from invrev import generate, measure, runs
+from invrev.data import write_exemplars
 from invrev.evaluate import components_for_inference, evaluate
-from invrev.models import SD15_SAMPLING
-from invrev.world import scene
-
+from invrev.models import SD15_SAMPLING, resolve_model
+from invrev.paths import WORLD_MODEL
+from invrev.world import benchmark, scene
 
 KEYS = ("n", "entity_accuracy", "relation_accuracy", "fusion_rate")
 
 
 def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progress: bool = True,
-           handles: bool = True) -> list[dict]:
+           handles: bool = True, swaps: bool = True) -> list[dict]:
     """Per benchmark relation, the relation in words at the model's sampling settings: entity and
     relation accuracy and fusion rate on the held-out (same-shape) pairs and on seen pairs of
     different shapes; for an unnamed relation also prompted by its pretraining handle (the upper
-    bound a learned token can hope for)."""
-    from invrev.world import benchmark, captions, scorer
-
+    bound a learned token can hope for); with ``swaps``, the words (or handle) in the world's role
+    swap, "B ob <words> A", drawn from the same noise as the forward prompt and scored as "A <words> B"."""
     components = components_for_inference(model)
     rows = []
     for relation in sorted(scene.RELATIONS):
@@ -32,23 +32,25 @@ def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progr
         row = {"relation": relation, "named": info.named, "words": info.words, **{k: summary[k] for k in KEYS},
                "seen": {k: summary["seen"][k] for k in KEYS}}
         if handles and info.handle:
-            pairs = benchmark.test_pairs(relation, prompts)
-            texts = [captions.caption(a, relation, b, handle=True) for a, b in pairs for _ in range(samples)]
-            seeds = [seed * 100_000 + i * 100 + k for i in range(len(pairs)) for k in range(samples)]
-            images = generate.generate(components, texts, seeds)
-            scores = [scorer.score(image, pairs[i // samples][0], relation, pairs[i // samples][1])
-                      for i, image in enumerate(images)]
-            row["handle"] = {"word": info.handle, "n": len(scores),
-                             "entity_accuracy": sum(x.entity for x in scores) / len(scores),
-                             "relation_accuracy": sum(x.relation for x in scores) / len(scores),
-                             "fusion_rate": sum(x.fusion for x in scores) / len(scores)}
+            row["handle"] = {"word": info.handle, **_cell(components, relation, "handle", prompts, samples, seed)}
+        if swaps:
+            said = info.words if info.named else info.handle
+            row["swap"] = {"prompt": f"B {scene.SWAP_WORD} {said} A",
+                           **_cell(components, relation, "swap", prompts, samples, seed)}
         rows.append(row)
         if progress:
             print(f"  {relation:13s} held out: entity {row['entity_accuracy']:.2f} relation {row['relation_accuracy']:.2f}"
                   f" | seen: entity {row['seen']['entity_accuracy']:.2f} relation {row['seen']['relation_accuracy']:.2f}"
                   + (f" | handle {info.handle!r}: relation {row['handle']['relation_accuracy']:.2f}" if "handle" in row else "")
+                  + (f" | swap: relation {row['swap']['relation_accuracy']:.2f}" if "swap" in row else "")
                   + f"  (n={row['n']} each)", flush=True)
     return rows
+
+
+def _cell(components, relation: str, kind: str, prompts: int, samples: int, seed: int, split: str = "held_out") -> dict:
+    """One relation's prompts of one kind (``measure.KINDS``), drawn and summarised."""
+    items = measure.items(relation, kind, prompts, split=split)
+    return measure.summarise(measure.draw(components, items, seed, samples)[1])
 
 
 def sweep(model: str, settings: list[dict], pairs: int = 16, samples: int = 1, seed: int = 0,
@@ -58,31 +60,23 @@ def sweep(model: str, settings: list[dict], pairs: int = 16, samples: int = 1, s
     one row per setting and relation with hit counts, for :func:`format_sweep`. The five named
     relations only, unless ``unnamed`` (their words should fail at any setting; the report checks
     them at the chosen one)."""
-    from invrev.world import benchmark, captions, scorer
-
     components = components_for_inference(model)
     relations = sorted(r for r, info in scene.RELATIONS.items() if info.named or unnamed)
-    jobs = [(relation, a, b) for relation in relations
-            for a, b in benchmark.validation_pairs(relation, pairs) for _ in range(samples)]
-    prompts = [captions.relation_text(a, relation, b) for relation, a, b in jobs]
-    seeds = [seed * 100_000 + 50_000 + i for i in range(len(jobs))]
+    items = [it for relation in relations for it in measure.items(relation, "words", pairs, split="validation")]
     rows = []
     for setting in settings:
-        images = generate.generate(components, prompts, seeds, setting.get("steps"), setting.get("guidance"),
-                                   setting.get("scheduler"), batch_size=64, guidance_rescale=setting.get("guidance_rescale"))
         steps, guidance, scheduler = generate.resolve_sampling(components, setting.get("steps"), setting.get("guidance"),
                                                                setting.get("scheduler"))
+        _, scores = measure.draw(components, items, seed, samples, steps=steps, guidance=guidance, scheduler=scheduler,
+                                 batch_size=64, guidance_rescale=setting.get("guidance_rescale"))
         label = {"scheduler": scheduler or components.scheduler_config["_class_name"], "steps": steps,
                  "guidance": guidance, "guidance_rescale": setting.get("guidance_rescale") or 0.0}
         per = {}
-        for (relation, a, b), image in zip(jobs, images):
-            s = scorer.score(image, a, relation, b)
-            row = per.setdefault(relation, {**label, "relation": relation, "named": scene.RELATIONS[relation].named,
-                                            "n": 0, "entity": 0, "relation_hits": 0, "fusion": 0})
-            row["n"] += 1
-            row["entity"] += s.entity
-            row["relation_hits"] += s.relation
-            row["fusion"] += s.fusion
+        for (relation, _), cell in measure.cells(items, scores, samples).items():
+            per[relation] = {**label, "relation": relation, "named": scene.RELATIONS[relation].named, "n": cell["n"],
+                             "entity": round(cell["entity_accuracy"] * cell["n"]),
+                             "relation_hits": round(cell["relation_accuracy"] * cell["n"]),
+                             "fusion": round(cell["fusion_rate"] * cell["n"])}
         rows.extend(per.values())
         if progress:
             named = [r for r in per.values() if r["named"]]
@@ -98,8 +92,6 @@ def choose(rows: list[dict]) -> dict:
     then the cheapest (fewest steps, then lowest guidance) whose named entity and relation
     accuracy both lie within the best one's Wilson 95% intervals: a faster sampler only at equal
     quality, as far as the validation pairs can tell."""
-    from invrev.evaluate import wilson
-
     def key(r):
         return r["scheduler"], r["steps"], r["guidance"], r["guidance_rescale"]
 
@@ -112,7 +104,7 @@ def choose(rows: list[dict]) -> dict:
             t["relation"] += r["relation_hits"]
     best = max(totals, key=lambda k: (totals[k]["entity"] + totals[k]["relation"]) / totals[k]["n"])
     b = totals[best]
-    bounds = {m: wilson(b[m], b["n"]) for m in ("entity", "relation")}
+    bounds = {m: measure.wilson(b[m], b["n"]) for m in ("entity", "relation")}
     equal = [k for k, t in totals.items() if all(lo <= t[m] / t["n"] <= hi for m, (lo, hi) in bounds.items())]
     scheduler, steps, guidance, rescale = min(equal, key=lambda k: (k[1], k[2], k[3]))
     return {"guidance": guidance, "steps": steps, "scheduler": scheduler, "guidance_rescale": rescale,
@@ -122,8 +114,6 @@ def choose(rows: list[dict]) -> dict:
 def write_sampling(model: str, rows: list[dict]) -> dict:
     """Record the chosen setting (``sampling``) and the sweep it came from in the model's invrev.json
     (replacing a ``sampling_source`` that said the settings were inherited or provisional)."""
-    from invrev.models import resolve_model
-
     meta = Path(resolve_model(model)) / "invrev.json"
     info = json.loads(meta.read_text())
     chosen = choose(rows)
@@ -139,12 +129,10 @@ def write_sampling(model: str, rows: list[dict]) -> dict:
 def format_sweep(rows: list[dict]) -> str:
     """Per setting: named relations pooled (entity, relation, fusion with Wilson 95%), and the
     unnamed ones' relation accuracy in words (which must stay low), with n."""
-    from invrev.evaluate import wilson
-
     def cell(hits, n):
         if n == 0:
             return "–"
-        lo, hi = wilson(hits, n)
+        lo, hi = measure.wilson(hits, n)
         return f"{hits / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
     keys = list(dict.fromkeys((r["scheduler"], r["steps"], r["guidance"], r["guidance_rescale"]) for r in rows))
@@ -167,14 +155,18 @@ def format_report(rows: list[dict]) -> str:
     lines = ["| relation | named in pretraining | prompt words | held out: entity | held out: relation | held out: fusion "
              "| seen, different shapes: entity | relation | fusion | n each | handle: relation (entity) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if any("swap" in r for r in rows):
+        lines[0] += " role swap \"B ob <words or handle> A\": relation (reversed) |"
+        lines[1] += " --- |"
     for r in rows:
-        seen, handle = r.get("seen"), r.get("handle")
+        seen, handle, swap = r.get("seen"), r.get("handle"), r.get("swap")
         seen_cells = (f"{seen['entity_accuracy']:.2f} | {seen['relation_accuracy']:.2f} | {seen['fusion_rate']:.2f}"
                       if seen else "– | – | –")
         handle_cell = (f"\"{handle['word']}\": {handle['relation_accuracy']:.2f} ({handle['entity_accuracy']:.2f})"
                        if handle else "–")
         lines.append(f"| {r['relation']} | {'yes' if r['named'] else 'no'} | {r['words']} | {r['entity_accuracy']:.2f} | "
-                     f"{r['relation_accuracy']:.2f} | {r['fusion_rate']:.2f} | {seen_cells} | {r['n']} | {handle_cell} |")
+                     f"{r['relation_accuracy']:.2f} | {r['fusion_rate']:.2f} | {seen_cells} | {r['n']} | {handle_cell} |"
+                     + (f" {swap['relation_accuracy']:.2f} ({swap['reversed_rate']:.2f}) |" if swap else ""))
     return "\n".join(lines)
 
 
@@ -197,7 +189,7 @@ def stage_log(stage: int, log: str) -> str:
     return f"finetune{stage - 1 if stage > 2 else ''}_" + log.removeprefix("pretrain_")
 
 
-def ship(source: str | Path, dest: str | Path = "data/world/model", prompts: int = 20, samples: int = 4) -> Path:
+def ship(source: str | Path, dest: str | Path = WORLD_MODEL, prompts: int = 20, samples: int = 4) -> Path:
     """Copy a pretrained model to ``dest``, measure it, and write ``manifest.json`` beside it."""
     source, dest = Path(source), Path(dest)
     if dest.exists():
@@ -234,3 +226,14 @@ def report_markdown(info: dict, rows: list[dict]) -> str:
         "Known limit: `inside`'s inner entity was drawn 8-10 px wide before this model, and the model drew it as a "
         "round blob (inner shape right 0/6 for triangles, 0/10 for crosses); the renderer now draws it 11-13 px "
         "(`render.INNER`), and this model was trained on that.", ""])
+
+
+def write_benchmark(root: str | Path, seed: int = 0) -> Path:
+    """Render every relation's exemplars into ``root/<relation>/`` + text.json, and the held-out
+    test pairs into ``root/test_prompts.json``."""
+    root = Path(root)
+    for relation in sorted(scene.RELATIONS):
+        _, images, templates = benchmark.exemplars(relation, seed)
+        write_exemplars(root / relation, images, templates)
+    (root / "test_prompts.json").write_text(json.dumps(benchmark.test_prompt_pairs(), indent=1) + "\n")
+    return root

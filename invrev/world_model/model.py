@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from invrev.tokenizer import build_tokenizer
+from invrev.words import load_words
 from invrev.world import scene
 
 
@@ -39,8 +40,6 @@ class WorldModelConfig:
 
 def vocabulary() -> list[str]:
     """Every word the world's captions use, the project's word lists, and the initial words."""
-    from invrev.words import load_words
-
     words = {"a", "and", "reverse", scene.SWAP_WORD}
     for entity in scene.ENTITIES:
         words.update(entity.text.split())

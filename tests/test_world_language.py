@@ -1,0 +1,74 @@
+"""World language v2: the captions give each mechanism of the paper what it acts on, and keep the
+unnamed relations' evaluation words and the swap word where they must be."""
+
+from collections import Counter
+
+import numpy as np
+
+from invrev import measure
+from invrev.words import load_words
+from invrev.world import captions, scene
+from invrev.world.scene import RELATIONS, SWAP_HELD_OUT, SWAP_WORD, Entity
+from invrev.world_model import premises
+
+A, B = Entity("red", "circle"), Entity("blue", "square")
+MIX = captions.CaptionMix(handle=0.6, synonym=0.3, converse=0.25, swap=0.3, bare=0.25)
+LISTED = {w for kind in ("prepositions", "verbs", "stopwords") for w in load_words(kind)}
+
+
+def _captions(relation: str, n: int = 400) -> list[str]:
+    rng = np.random.default_rng(sorted(scene.ALL_RELATIONS).index(relation))
+    return [captions.sample_caption(A, relation, B, rng, MIX) for _ in range(n)]
+
+
+def test_the_swap_word_is_in_no_list_and_no_evaluation_prompt():
+    assert SWAP_WORD not in LISTED
+    for relation in RELATIONS:
+        for kind in ("words", "token", "handle") if not RELATIONS[relation].named else ("words", "token"):
+            assert SWAP_WORD not in measure.prompt_for(kind, relation, A, B).split()
+    assert measure.prompt_for("swap", "on", A, B) == "a blue square ob on a red circle"
+    assert measure.prompt_for("swap", "hug", A, B) == "a blue square ob cuddling a red circle"
+
+
+def test_the_swap_construction_is_used_where_it_must_and_nowhere_else():
+    for relation, info in scene.ALL_RELATIONS.items():
+        said = _captions(relation)
+        swapped = [c for c in said if f" {SWAP_WORD} " in f" {c} "]
+        if relation in SWAP_HELD_OUT:
+            assert not swapped, relation
+            continue
+        assert 0.1 < len(swapped) / len(said) < 0.4, relation
+        for c in swapped:
+            assert c.startswith(("a blue square ob", "blue square ob")), c  # B first: the roles swapped
+            assert " and " not in c and (info.named or info.words not in c), c
+
+
+def test_unnamed_relations_evaluation_words_never_appear_and_handles_stay_out_of_every_list():
+    pretraining = premises.caption_words(v2=True)
+    for info in RELATIONS.values():
+        if info.named:
+            continue
+        assert info.handle in pretraining and info.handle not in LISTED
+        distinctive = [w for w in info.words.split() if w not in LISTED or w in load_words("verbs")]
+        assert distinctive and not set(distinctive) & pretraining, (info.name, distinctive)
+        assert all(info.words not in c for c in _captions(info.name))
+
+
+def test_steering_positives_with_a_world_meaning_are_trained_rows():
+    """The issue's count before v2 (9 of 55 prepositions and 3 of 100 verbs in any caption), and
+    after it at least 80% of the steering positives that can describe a scene of the world."""
+    before, after = premises.trained_share(v2=False), premises.trained_share(v2=True)
+    assert (before["prepositions"]["trained"], before["verbs"]["trained"]) == (9, 3)
+    assert after["with a world meaning"]["share"] >= 0.8 > before["with a world meaning"]["share"]
+    assert not set(premises.KEPT_OUT) & premises.caption_words(v2=True)
+
+
+def test_converses_and_bare_captions():
+    kinds = Counter()
+    for c in _captions("on", 600):
+        kinds["bare"] += not c.startswith("a ")
+        kinds["converse"] += c.split()[-2:] in (["red", "circle"],) and f" {SWAP_WORD} " not in f" {c} "
+    assert 0.15 < kinds["bare"] / 600 < 0.35 and kinds["converse"] > 60
+    rng = np.random.default_rng(0)
+    plain = [captions.sample_caption(A, "on", B, rng, captions.CaptionMix()) for _ in range(50)]
+    assert set(plain) == {"a red circle on a blue square"}  # no shares: the relation's own words, in order
