@@ -23,7 +23,7 @@ TINY = {
     "02_inverse_relation_text.ipynb": {"pairs": 2, "timesteps": [500], "gen_steps": 2},
     "03_pos_weighted_control_loss.ipynb": {"steps": 2, "every": 1, "batch_size": 2},
     "04_relation_focal_sampling.ipynb": {"draws": 2000},
-    "05_world_pretrain.ipynb": {"out": "outputs/notebooks/world_pretrain", "steps": 2, "batch_size": 4, "resume": False},
+    "05_world_pretrain.ipynb": {"steps": 2, "batch_size": 4, "resume": False},
     "10_run.ipynb": {"steps": 2, "batch_size": 2, "eval_prompts": 2, "eval_samples": 1, "eval_steps": 2},
     "20_results.ipynb": {},
     "30_explorer.ipynb": {"samples": 2, "steps": 2, "seeds": [0]},
@@ -78,13 +78,16 @@ def _socket_folder() -> str:
 
 def run_notebooks(out: str | Path = "outputs/notebooks", model: str | None = None) -> list[Path]:
     """Execute every notebook of ``notebooks/`` with :data:`TINY` parameters into ``out`` (the run,
-    results and explorer notebooks share ``out/runs``); raises on the first failing notebook."""
+    results and explorer notebooks share ``out/runs``; a notebook's own ``out`` folder is
+    ``out/<its name without number>``, e.g. ``out/world_pretrain``); raises on the first failing notebook.
+    Nothing is written outside ``out``."""
     out = Path(out).resolve()
     done = []
     for name, tiny in TINY.items():
         source = REPO_ROOT / "notebooks" / name
         known = notebook_parameters(source)
         params = {**tiny, **({"model": model} if model and "model" in known else {}),
+                  **({"out": repo_relative(out / Path(name).stem.partition("_")[2])} if "out" in known else {}),
                   **({"runs_root": repo_relative(out / "runs")} if "runs_root" in known else {}),
                   **({"ratings_csv": repo_relative(out / "runs" / "ratings.csv")} if "ratings_csv" in known else {})}
         start = time.perf_counter()

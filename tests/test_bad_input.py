@@ -1,12 +1,14 @@
 """Bad input, tried as a new user would: each case must end in a message that names the file, field
 or token and the fix, with no traceback and nothing the user made lost.
 
-Every case records what it gave and what the project answered; the last test compares that with the
-committed table ``docs/bad_input.md``. After changing a message, regenerate the table with
-``INVREV_WRITE_BAD_INPUT=1 python -m pytest tests/test_bad_input.py``.
+Every case returns what it gave and what the project answered; each runs once per module, whichever
+test asks first, so the last test, which compares every answer with the committed table
+``docs/bad_input.md``, holds alone and in any order. After changing a message, regenerate the table
+with ``INVREV_WRITE_BAD_INPUT=1 python -m pytest tests/test_bad_input.py``.
 """
 
-import json
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -25,14 +27,14 @@ from invrev.config import ConfigError, TrainConfig
 from invrev.data import DataError, load_exemplars
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "bad_input.md"
-CASES: list[tuple[str, str, object]] = []
-RESULTS: dict[str, tuple[str, str, str]] = {}
+CASES: dict[str, tuple[str, object]] = {}  # name -> (area, case), in the table's order
 TINY = ["--set", "resolution=16", "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "hf_sigma=0.8"]
 
 
 def case(area: str, name: str):
     def register(fn):
-        CASES.append((area, name, fn))
+        assert name not in CASES, name
+        CASES[name] = (area, fn)
         return fn
     return register
 
@@ -47,7 +49,7 @@ def expect(message: str, *needles: str) -> str:
 def cli(ctx, *args: str) -> str:
     """Run the command line; it must fail with exit status 1 and one clear message."""
     code = main(list(args))
-    err = ctx.capsys.readouterr().err
+    err = ctx.read_stderr()
     assert code == 1, err
     assert "invrev: error: " in err and "Traceback" not in err, err
     message = err.split("invrev: error: ", 1)[1]
@@ -315,7 +317,7 @@ def gen(ctx, *args: str) -> int:
 def _(ctx):
     run = str(ctx.trained["inv_reversion"])
     assert gen(ctx, "--run", run, "--prompt", "a cat <r> a dog", "--seeds", "0") == 0
-    ctx.capsys.readouterr()
+    ctx.read_stderr()
     first = sorted(p.name for p in (ctx.tmp / "gen").iterdir())
     message = cli(ctx, "generate", "--steps", "2", "--out", str(ctx.tmp / "gen"), "--run", run,
                   "--prompt", "a cat <r> a dog", "--seeds", "1")
@@ -362,20 +364,49 @@ def _(ctx):
 
 # --- running the cases and the table --------------------------------------------------------------
 
-def _normalise(text: str, ctx) -> str:
-    for path, name in ((ctx.data, "<data>"), (ctx.model, "<model>"), (str(ctx.tmp), "<tmp>")):
+def _normalise(text: str, ctx, basetemp: Path) -> str:
+    """The answer without this session's paths: every folder of the pytest temporary root (the default
+    one or ``--basetemp``) becomes ``<tmp>``, the tiny relation and model ``<data>`` and ``<model>``."""
+    for path, name in ((ctx.data, "<data>"), (ctx.model, "<model>")):
         text = text.replace(path, name)
-    return re.sub(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+", "<tmp>", text)
+    return re.sub(re.escape(str(basetemp)) + r"/[^/\s]+", "<tmp>", text)
 
 
-@pytest.mark.parametrize("area,name,fn", CASES, ids=[name for _, name, _ in CASES])
-def test_case(area, name, fn, tiny_model, tiny_data, components, trained, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def answer(tiny_model, tiny_data, trained, tmp_path_factory):
+    """``answer(name)``: (area, input, answer with paths shortened) of one case, run the first time
+    it is asked for in a folder, patches and a stderr of its own."""
+    from invrev.models import load_components
+
     params = dict(exemplars=str(tiny_data), model=str(tiny_model), revision="local", resolution=16, batch_size=2,
                   grad_accum=1, hf_sigma=0.8)
-    ctx = SimpleNamespace(model=str(tiny_model), data=str(tiny_data), components=components, trained=trained,
-                          tmp=tmp_path, capsys=capsys, monkeypatch=monkeypatch, params=params)
-    given, message = fn(ctx)
-    RESULTS[name] = (area, given, _normalise(message, ctx))
+    answers = {}
+
+    def run(name: str) -> tuple[str, str, str]:
+        if name not in answers:
+            area, fn = CASES[name]
+            err = io.StringIO()
+
+            def read_stderr() -> str:  # what was printed since the last read, as capsys.readouterr().err
+                text = err.getvalue()
+                err.seek(0)
+                err.truncate()
+                return text
+
+            with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stderr(err):
+                ctx = SimpleNamespace(model=str(tiny_model), data=str(tiny_data), components=load_components(str(tiny_model)),
+                                      trained=trained, tmp=tmp_path_factory.mktemp("case"), read_stderr=read_stderr,
+                                      monkeypatch=monkeypatch, params=params)
+                given, message = fn(ctx)
+            answers[name] = (area, given, _normalise(message, ctx, tmp_path_factory.getbasetemp()))
+        return answers[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case(name, answer):
+    answer(name)
 
 
 def render(results: dict[str, tuple[str, str, str]]) -> str:
@@ -397,11 +428,8 @@ def render(results: dict[str, tuple[str, str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_table_is_committed():
-    if len(RESULTS) != len(CASES):
-        pytest.skip("the table needs every case: run the whole module")
-    ordered = {name: RESULTS[name] for _, name, _ in CASES}
-    text = render(ordered)
+def test_table_is_committed(answer):
+    text = render({name: answer(name) for name in CASES})
     if os.environ.get("INVREV_WRITE_BAD_INPUT"):
         TABLE.write_text(text)
     assert TABLE.is_file() and TABLE.read_text() == text, (

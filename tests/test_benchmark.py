@@ -13,12 +13,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    """The script as a module, its parts imported from beside it as running it would."""
+    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("train_step", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["train_step"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["train_step"]
+    sys.modules["train_step"] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+        for name in [n for n in sys.modules if n == "train_step" or n.startswith("train_step_")]:
+            del sys.modules[name]
 
 
 def test_tiny_table(bench, tmp_path):

@@ -1,5 +1,6 @@
 """The command line as a newcomer uses it: help, every variant trained, errors that say what to do."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -28,10 +29,34 @@ def test_help_and_argument_errors_do_not_load_torch():
     assert out.strip() == "[]"
 
 
-def test_the_command_line_defaults_are_the_packages():
-    from invrev import models, notebooks
+def _defaults(parser, dest: str, command: str = "invrev") -> dict[str, object]:
+    """{command: default of its option stored in ``dest``} over every command and subcommand."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _defaults(sub, dest, f"{command} {name}")
+        elif action.dest == dest and action.default is not None:
+            found[command] = action.default
+    return found
 
-    assert (cli.WORLD_MODEL, cli.RUN_NOTEBOOK) == (models.WORLD_MODEL, notebooks.RUN_NOTEBOOK)
+
+def test_the_command_line_defaults_name_what_the_repository_holds():
+    """The defaults a newcomer gets without options: the embedded world model (a folder with its
+    invrev.json), the run notebook the batch executes, the benchmark's relation folders."""
+    from invrev import experiments, models, notebooks
+    from invrev.world.scene import RELATIONS
+
+    parser = cli._parser()
+    models_ = _defaults(parser, "model")
+    assert {"invrev train", "invrev evaluate", "invrev demo", "invrev world report", "invrev world sweep"} <= set(models_)
+    assert set(models_.values()) == {models.WORLD_MODEL} and _defaults(parser, "dest")["invrev world ship"] == models.WORLD_MODEL
+    assert (models.REPO_ROOT / models.WORLD_MODEL / "invrev.json").is_file()
+    (notebook,) = _defaults(parser, "notebook").values()
+    assert notebook == notebooks.RUN_NOTEBOOK and (models.REPO_ROOT / notebook).is_file()
+    assert set(experiments.PER_RUN) <= set(notebooks.notebook_parameters(notebook))  # what the batch sets per run
+    (data,) = set(_defaults(parser, "data").values())
+    assert all((models.REPO_ROOT / data / relation / "text.json").is_file() for relation in RELATIONS)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

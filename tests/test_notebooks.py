@@ -89,6 +89,13 @@ def test_component_notebooks(executed):
     assert "mean t: 600.9 exact" in _read(executed / "04_relation_focal_sampling.ipynb")
 
 
+def test_the_pretraining_notebook_writes_under_the_smoke_runs_folder(executed):
+    """Its ``out`` is a folder of the smoke run's own, not a fixed path in the repository."""
+    pretrained = executed / "world_pretrain"
+    assert (pretrained / "pretrain_log.csv").is_file() and (pretrained / "model" / "invrev.json").is_file()
+    assert str(pretrained / "model") in _read(executed / "05_world_pretrain.ipynb")
+
+
 def test_run_results_and_explorer_notebooks(executed):
     run = runs.run_dir(executed / "runs", "hanging_from", "inv_reversion", 0)
     for name in ("config.json", "manifest.json", "done.json", "log.csv", "learned/r.safetensors", "eval/grid.png"):
