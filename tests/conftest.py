@@ -10,6 +10,18 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dask_scratch(tmp_path_factory):
+    """Dask's worker folders (the batch runs on Dask) under pytest's temporary folder, in this process
+    and in the ones the tests start."""
+    import dask
+
+    scratch = tmp_path_factory.mktemp("dask")
+    with pytest.MonkeyPatch.context() as patch, dask.config.set({"temporary-directory": str(scratch)}):
+        patch.setenv("DASK_TEMPORARY_DIRECTORY", str(scratch))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     from invrev.testing import build_tiny_pipeline
