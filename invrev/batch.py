@@ -1,30 +1,31 @@
-"""Run a planned experiment through the run notebook: skip what is done, keep going past failures.
+"""Run a planned experiment through the run notebook on Dask: skip what is done, keep going past failures.
 
 :func:`run_batch` plans first (``invrev.experiments``: nothing runs unless every run checks out),
-then executes ``notebooks/10_run.ipynb`` once per run with papermill into
-``<runs>/<relation>/<variant>/seed<k>/run.ipynb``. A run whose training is complete with the same
-config and whose evaluation matches the parameters is skipped; a failing run leaves ``failed.json``
-and the batch goes on, then names the failures and the CLI exits non-zero. ``joint=K`` first trains
-K runs at a time in one process with :func:`invrev.trainer.train_many` (one shared model, K sets of
-vectors); the notebooks then find them trained and only evaluate. :func:`invrev.record.collect`
+then submits one task per run to Dask (``invrev.cluster``: a LocalCluster on this machine, or a
+running cluster), which executes ``notebooks/10_run.ipynb`` with papermill into
+``<runs>/<relation>/<variant>/seed<k>/run.ipynb`` under the run's claim (``invrev.tasks``). A run
+whose training is complete with the same config and whose evaluation matches the parameters is
+skipped; a failing run leaves ``failed.json`` and the batch goes on, then names the failures and the
+CLI exits non-zero. A run another batch or worker holds is submitted again after the others, until
+its holder has finished it (then it counts as skipped) or has died (then this batch takes it over
+and resumes it). A task whose worker dies is run again by Dask on another worker. ``joint=K`` first
+trains K runs at a time in one task with :func:`invrev.trainer.train_many` (one shared model, K sets
+of vectors); the notebooks then find them trained and only evaluate. :func:`invrev.record.collect`
 copies the compact record of every run into ``results/latest`` and executes the results notebook there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from invrev import runs
-from invrev.config import TrainConfig
-from invrev.experiments import BatchError, Experiment, Job, already_run, load_experiment, plan
-from invrev.notebooks import RUN_NOTEBOOK, execute
-from invrev.pool import Pool
+from invrev import cluster, runs, tasks
+from invrev.experiments import BatchError, Experiment, Job, already_run, evaluated, load_experiment, plan
+from invrev.notebooks import RUN_NOTEBOOK
 from invrev.runs import repo_path
 
 
@@ -35,16 +36,19 @@ class BatchResult:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | Path = "runs", workers: int = 1,
-              joint: int = 0, notebook: str | Path = RUN_NOTEBOOK, *, relations: Sequence[str] | None = None,
-              variants: Sequence[str] | None = None, seeds: Sequence[int] | None = None, dry_run: bool = False,
+def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | Path = "runs", workers: int | None = None,
+              joint: int = 0, notebook: str | Path = RUN_NOTEBOOK, *, scheduler: str | None = None,
+              relations: Sequence[str] | None = None, variants: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None, dry_run: bool = False, dashboard: str = ":8787",
               **params: Any) -> BatchResult:
     """Run relation × variant × seed through ``notebook``; ``params`` override the experiment's.
 
-    ``workers`` processes run notebooks side by side; with several GPUs each worker sees one
-    (``CUDA_VISIBLE_DEVICES``). Prints one line per run and returns what was done, skipped and failed.
+    Without ``scheduler``, a LocalCluster of ``workers`` processes (default one per GPU, else one)
+    runs notebooks side by side, each worker seeing one GPU where there are several, and serves
+    Dask's dashboard at ``dashboard``; with it, the Dask cluster at that address does, its workers
+    sharing the runs folder. Prints one line per run and returns what was done, skipped and failed.
     """
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise BatchError(f"workers={workers} must be at least 1")
     experiment = experiments if isinstance(experiments, Experiment) else load_experiment(experiments)
     jobs = plan(experiment, runs_root, notebook, params, relations=relations, variants=variants, seeds=seeds)
@@ -60,36 +64,108 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
         for job in todo:
             print(f"would run {job.name} -> {job.folder}", flush=True)
         return result
+    if not todo:
+        print(f"0 run, {len(result.skipped)} skipped, 0 failed: nothing to do", flush=True)
+        return result
     path = str(repo_path(notebook))
     started, start = runs.timestamp(), time.perf_counter()
     joint_seconds = 0.0
-    with Pool(workers) as pool:
+    with cluster.connect(scheduler, workers, dashboard) as client:
+        print(cluster.describe(client), flush=True)
         if joint > 0:
-            _prepare_jointly(pool, todo, joint)
+            _prepare_jointly(client, todo, joint)
             joint_seconds = time.perf_counter() - start
-        tasks = {job.name: (path, job) for job in todo}
-        for count, (name, (error, seconds, line)) in enumerate(pool.run(_run_notebook, tasks), start=len(result.skipped) + 1):
-            job = tasks[name][1]
-            if error:
-                result.failed[job.name] = error
-                print(f"[{count}/{len(jobs)}] {job.name}: FAILED after {seconds:.1f} s: {headline(error)}", flush=True)
+        for job, outcome in _run_notebooks(client, path, todo):
+            count = len(result.done) + len(result.skipped) + len(result.failed) + 1
+            if outcome.status == "failed":
+                result.failed[job.name] = outcome.detail
+                print(f"[{count}/{len(jobs)}] {job.name}: FAILED after {outcome.seconds:.1f} s: {headline(outcome.detail)}", flush=True)
+            elif outcome.status == "skipped":
+                result.skipped.append(job.name)
+                print(f"[{count}/{len(jobs)}] {job.name}: skipped ({outcome.detail})", flush=True)
             else:
                 result.done.append(job.name)
-                print(f"[{count}/{len(jobs)}] {job.name}: done in {seconds:.1f} s ({line})", flush=True)
+                print(f"[{count}/{len(jobs)}] {job.name}: done in {outcome.seconds:.1f} s ({outcome.detail})", flush=True)
+        where = {"workers": len(client.nthreads()), "cpus": cluster.cpus(client)}
     seconds = time.perf_counter() - start
-    if todo:
-        log_batch(runs_root, {
-            "started": started, "finished": runs.timestamp(), "seconds": round(seconds, 1),
-            "joint_seconds": round(joint_seconds, 1), "notebook_seconds": round(seconds - joint_seconds, 1),
-            "experiment": experiment.source, "relations": relations, "variants": variants, "seeds": seeds,
-            "params": params, "workers": workers, "joint": joint, "cpus": os.cpu_count(), "device": _device(),
-            "runs": {"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed)},
-            "git": runs.git_state()})
+    log_batch(runs_root, {
+        "started": started, "finished": runs.timestamp(), "seconds": round(seconds, 1),
+        "joint_seconds": round(joint_seconds, 1), "notebook_seconds": round(seconds - joint_seconds, 1),
+        "experiment": experiment.source, "relations": relations, "variants": variants, "seeds": seeds,
+        "params": params, **where, "joint": joint, "scheduler": scheduler,
+        "device": _device(scheduler, [j for j in todo if j.name in result.done]),
+        "runs": {"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed)},
+        "git": runs.git_state()})
     print(f"{len(result.done)} run, {len(result.skipped)} skipped, {len(result.failed)} failed in {seconds / 60:.1f} min",
           flush=True)
     for name, error in result.failed.items():
         print(f"  FAILED {name}: {headline(error)} (see {Path(runs_root) / name / 'failed.json'})", flush=True)
     return result
+
+
+def _run_notebooks(client, notebook: str, todo: list[Job]) -> Iterator[tuple[Job, tasks.Outcome]]:
+    """Yield each job with its outcome as its task finishes. A run held elsewhere is submitted again,
+    behind the others (Dask runs earlier submissions first), and named once while it waits."""
+    from distributed import as_completed
+
+    futures = {_submit(client, tasks.run_notebook, job.name, notebook, job): job for job in todo}
+    waiting = set()
+    queue = as_completed(futures)
+    for future in queue:
+        job = futures.pop(future)
+        outcome = _outcome(future, job)
+        if outcome.status == "held":
+            if job.name not in waiting:
+                waiting.add(job.name)
+                print(f"  {job.name}: held by {outcome.detail}; coming back to it", flush=True)
+            again = _submit(client, tasks.run_notebook, job.name, notebook, job)
+            futures[again] = job
+            queue.add(again)
+        else:
+            yield job, outcome
+
+
+def _outcome(future, job: Job) -> tasks.Outcome:
+    """The task's outcome; a task that raised past its retries, or whose workers all died running it
+    (Dask's ``KilledWorker``), failed: recorded in the run's ``failed.json`` like a failed notebook."""
+    try:
+        return future.result()
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        runs.atomic_write_json(job.folder / "failed.json", {"error": error, "notebook": "run.ipynb", "finished": runs.timestamp()})
+        return tasks.Outcome("failed", 0.0, error)
+
+
+def _submit(client, fn: Callable, name: str, *args):
+    """One task: retried twice if it raises outside the notebook (a notebook's own failure is its
+    outcome), and named after the run in the dashboard; never merged with an earlier submission."""
+    key = f"{fn.__name__}-{name.replace('/', '-')}-{uuid.uuid4().hex[:8]}"
+    return client.submit(fn, *args, key=key, retries=2, pure=False)
+
+
+def _prepare_jointly(client, todo: list[Job], k: int) -> None:
+    """Train and evaluate the runs that still need it in groups of up to ``k`` of one relation, one
+    task per group: the model loads once, the group's runs train together (one shared model, K
+    sets of vectors), then each is evaluated with the loaded model. The notebooks find them done."""
+    from distributed import as_completed
+
+    pending = sorted((j for j in todo if not (runs.is_complete(j.folder, j.config_json) and evaluated(j))),
+                     key=lambda j: (j.relation, j.seed))
+    by_relation: dict[str, list[Job]] = {}
+    for job in pending:
+        by_relation.setdefault(job.relation, []).append(job)
+    groups = [jobs[i:i + k] for jobs in by_relation.values() for i in range(0, len(jobs), k)]
+    futures = {_submit(client, tasks.prepare_group, g[0].name, [(j.name, j.config_json, str(j.folder), j.params) for j in g]):
+               ", ".join(j.name for j in g) for g in groups}
+    for future in as_completed(futures):
+        try:
+            error, train_s, eval_s, held = future.result()
+        except Exception as err:  # its workers died, or it raised past its retries: the notebooks retry
+            error, train_s, eval_s, held = f"{type(err).__name__}: {err}", 0.0, 0.0, []
+        status = f"FAILED ({headline(error)}); their notebooks will retry" if error else "trained and evaluated"
+        if held:
+            status += f"; {', '.join(held)} held elsewhere, left to their notebooks"
+        print(f"joint group [{futures[future]}]: {status} (training {train_s:.1f} s, evaluation {eval_s:.1f} s)", flush=True)
 
 
 BATCH_LOG = "batches.jsonl"
@@ -99,10 +175,16 @@ def log_batch(runs_root: str | Path, entry: Mapping[str, Any]) -> Path:
     """Append one invocation's line to ``<runs_root>/batches.jsonl``: when, how long (the joint phase
     and the notebooks apart), what, where (workers, CPUs, device) and with what outcome. A batch run
     in several invocations (seed by seed, or resumed) has one line each; ``invrev collect`` keeps
-    them with the record."""
+    them with the record. Two batches on one runs folder may finish together: each appends under a
+    lease (an atomic create, taken over from a dead holder; renewed while held, though an append takes
+    milliseconds)."""
+    import filelock
+
     path = Path(runs_root) / BATCH_LOG
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return runs.atomic_write_text(path, "\n".join([*lines, json.dumps(entry, sort_keys=True)]) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.SoftFileLease(path.parent / f".{BATCH_LOG}.lock", lease_duration=60):
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return runs.atomic_write_text(path, "\n".join([*lines, json.dumps(entry, sort_keys=True)]) + "\n")
 
 
 def read_batch_log(runs_root: str | Path) -> list[dict]:
@@ -110,10 +192,15 @@ def read_batch_log(runs_root: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _device() -> str:
-    import torch
+def _device(scheduler: str | None, done: list[Job]) -> str:
+    """Where the runs ran: this machine's device for the local cluster; on a running cluster, whose
+    machines this one may not resemble, the devices the finished runs' manifests name."""
+    if scheduler is None:
+        import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    named = {json.loads((j.folder / "manifest.json").read_text()).get("device") for j in done if (j.folder / "manifest.json").is_file()}
+    return ", ".join(sorted(d for d in named if d)) or "unknown"
 
 
 def headline(error: str) -> str:
@@ -124,72 +211,3 @@ def headline(error: str) -> str:
         more = f" (+{len(lines) - 2} more)" if len(lines) > 2 else ""
         return f"{lines[0]} {lines[1]}{more}"
     return lines[0] if lines else error
-
-
-def _prepare_jointly(pool: Pool, todo: list[Job], k: int) -> None:
-    """Train and evaluate the runs that still need it in groups of up to ``k`` of one relation, one
-    process per group: the model loads once, the group's runs train together (one shared model, K
-    sets of vectors), then each is evaluated with the loaded model. The notebooks find them done."""
-    from invrev.experiments import evaluated
-
-    pending = sorted((j for j in todo if not (runs.is_complete(j.folder, j.config_json) and evaluated(j))),
-                     key=lambda j: (j.relation, j.seed))
-    by_relation: dict[str, list[Job]] = {}
-    for job in pending:
-        by_relation.setdefault(job.relation, []).append(job)
-    groups = [jobs[i:i + k] for jobs in by_relation.values() for i in range(0, len(jobs), k)]
-    tasks = {", ".join(j.name for j in g): ([(j.name, j.config_json, str(j.folder), j.params) for j in g],) for g in groups}
-    for names, (error, train_s, eval_s) in pool.run(_prepare_group, tasks):
-        status = f"FAILED ({headline(error)}); their notebooks will retry" if error else "trained and evaluated"
-        print(f"joint group [{names}]: {status} (training {train_s:.1f} s, evaluation {eval_s:.1f} s)", flush=True)
-
-
-def _prepare_group(members: list[tuple[str, str, str, dict]]) -> tuple[str | None, float, float]:
-    """Train the group's unfinished runs together, then evaluate each run whose evaluation is missing
-    or stale, exactly as the run notebook would. Returns (error, training s, evaluation s)."""
-    from invrev import evaluate, models, trainer
-    from invrev.experiments import eval_settings
-
-    models.quiet_loading()
-    train_s = eval_s = 0.0
-    try:
-        start = time.perf_counter()
-        configs = [TrainConfig.from_params(json.loads(c)) for _, c, _, _ in members]
-        folders = [Path(f) for _, _, f, _ in members]
-        components = evaluate.components_for_inference(configs[0].model, configs[0].revision)
-        todo = [i for i, (_, c, _, _) in enumerate(members) if not runs.is_complete(folders[i], c)]
-        if todo:
-            trainer.train_many([configs[i] for i in todo], [folders[i] for i in todo], components=components,
-                               resume=True, progress=False)
-        train_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for (_, _, _, params), folder in zip(members, folders):
-            settings = eval_settings(params)
-            if evaluate.recorded(folder / "eval", folder, model=params["model"], **settings) is None:
-                evaluate.evaluate(params["model"], run_folder=folder, out=folder / "eval", components=components, **settings)
-        eval_s = time.perf_counter() - start
-        return None, train_s, eval_s
-    except Exception as err:  # a batch keeps going: the runs' notebooks retry and record the failure
-        return f"{type(err).__name__}: {err}", train_s, eval_s
-
-
-def _run_notebook(notebook: str, job: Job) -> tuple[str | None, float, str]:
-    """Execute the run notebook for one job; record ``batch.json`` or ``failed.json`` in its folder."""
-    job.folder.mkdir(parents=True, exist_ok=True)
-    failed = job.folder / "failed.json"
-    start = time.perf_counter()
-    try:
-        execute(notebook, job.folder / "run.ipynb", job.params)
-    except Exception as err:  # a batch keeps going past a failed run
-        seconds = time.perf_counter() - start
-        error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
-        runs.atomic_write_json(failed, {"error": error, "seconds": round(seconds, 2), "notebook": "run.ipynb",
-                                        "traceback": traceback.format_exc(), "finished": runs.timestamp()})
-        return error, seconds, ""
-    seconds = time.perf_counter() - start
-    failed.unlink(missing_ok=True)
-    runs.atomic_write_json(job.folder / "batch.json", {
-        "seconds": round(seconds, 2), "notebook": runs.repo_relative(notebook), "parameters": job.params,
-        "command": job.command, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": runs.timestamp()})
-    s = json.loads((job.folder / "eval" / "metrics.json").read_text())["summary"]
-    return None, seconds, f"entity {s['entity_accuracy']:.2f}, relation {s['relation_accuracy']:.2f}"

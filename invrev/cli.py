@@ -148,7 +148,10 @@ def _add_batch_commands(sub) -> None:
                        description="Experiments as data, run through the run notebook: validate first, skip what is done, keep going.")
     p.add_argument("--experiments", required=True, help="experiment file, e.g. experiments/full.yaml or experiments/smoke.yaml")
     p.add_argument("--runs", default="runs", help="runs root (default: runs)")
-    p.add_argument("--workers", type=int, default=1, help="notebooks run side by side; one GPU each where several (default 1)")
+    p.add_argument("--workers", type=int, help="worker processes of the local Dask cluster, notebooks run side by side; "
+                   "one GPU each where several (default: one per GPU, else 1)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask cluster's scheduler, e.g. tcp://node1:8786, whose workers "
+                   "share the runs folder (default: a local cluster)")
     p.add_argument("--joint", type=int, default=0, metavar="K", help="first train and evaluate the runs in groups of K of one relation, one process per group "
                    "(the model loads once); the notebooks then show the record (default 0: off)")
     p.add_argument("--notebook", default=RUN_NOTEBOOK, help=f"run notebook (default {RUN_NOTEBOOK})")
@@ -268,7 +271,7 @@ def _batch(args) -> int:
     from invrev import batch
     from invrev.config import parse_assignments
 
-    result = batch.run_batch(args.experiments, args.runs, args.workers, args.joint, args.notebook,
+    result = batch.run_batch(args.experiments, args.runs, args.workers, args.joint, args.notebook, scheduler=args.scheduler,
                              relations=args.relations, variants=args.variants, seeds=args.seeds,
                              dry_run=args.dry_run, **parse_assignments(args.set))
     return 1 if result.failed else 0

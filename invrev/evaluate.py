@@ -59,8 +59,10 @@ def evaluate(model: str, relation: str, variant: str, run_folder: str | Path | N
     result = {"summary": summary, "images": records, **({"seen_images": seen_records} if seen_records else {})}
     if out is not None:
         out = Path(out)
+        grid = layout.eval_grid(images, samples)
+        # metrics.json last: it is what marks the evaluation done (``recorded``), so the grid is whole by then.
+        runs.atomic_write(out / "grid.png", lambda handle: grid.save(handle, format="PNG"))
         runs.atomic_write_json(out / "metrics.json", result)
-        layout.eval_grid(images, samples).save(out / "grid.png")
     if keep_images:
         result["image_arrays"] = images
     return result

@@ -56,6 +56,18 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dask_scratch(tmp_path_factory):
+    """Dask's worker folders (the batch runs on Dask) under pytest's temporary folder, in this process
+    and in the ones the tests start."""
+    import dask
+
+    scratch = tmp_path_factory.mktemp("dask")
+    with pytest.MonkeyPatch.context() as patch, dask.config.set({"temporary-directory": str(scratch)}):
+        patch.setenv("DASK_TEMPORARY_DIRECTORY", str(scratch))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     from invrev.testing import build_tiny_pipeline
