@@ -72,3 +72,15 @@ def test_converses_and_bare_captions():
     rng = np.random.default_rng(0)
     plain = [captions.sample_caption(A, "on", B, rng, captions.CaptionMix()) for _ in range(50)]
     assert set(plain) == {"a red circle on a blue square"}  # no shares: the relation's own words, in order
+
+
+def test_the_claimed_pretraining_words_are_the_words_captions_use():
+    """``premises.caption_words`` (what the trained-share counts rest on) is exactly what
+    ``sample_caption`` writes, over every relation: no word claimed that no caption holds."""
+    rng = np.random.default_rng(0)
+    said = set()
+    for relation in scene.ALL_RELATIONS:
+        for _ in range(3000):
+            a, b = scene.sample_pair(rng)
+            said.update(captions.sample_caption(a, relation, b, rng, MIX).split())
+    assert said == premises.caption_words(v2=True)

@@ -64,7 +64,7 @@ class CaptionMix:
     """How pretraining captions a scene (shares are probabilities; the rest is the plain words).
 
     Named relations: a synonym (``synonym``), a converse with the roles swapped (``converse``).
-    Unnamed ones: the handle (``handle``), a synonym (``synonym``), else vaguely "A and B".
+    Unnamed ones: the handle (``handle``), a synonym or converse (``synonym``), else vaguely "A and B".
     Any caption in the scene's order, but not "A and B", an unnamed relation's evaluation words or
     a relation of ``SWAP_HELD_OUT``, is said with the swap word with probability ``swap``; any
     caption drops its articles with probability ``bare``. The world's first three model stages
@@ -93,10 +93,11 @@ def sample_caption(a: Entity, relation: str, b: Entity, rng: np.random.Generator
             words = info.words
     else:
         u = rng.random()
+        others = [(w, False) for w in info.synonyms] + [(w, True) for w in info.converses]
         if u < mix.handle:
             words = info.handle
-        elif info.synonyms and u < mix.handle + mix.synonym:
-            words = info.synonyms[rng.integers(len(info.synonyms))]
+        elif others and u < mix.handle + mix.synonym:  # a synonym or, with the roles swapped, a converse
+            words, reversed_ = others[rng.integers(len(others))]
         else:
             first, second = (b, a) if rng.random() < 0.5 else (a, b)
             return phrase(first, "and", second, articles=rng.random() >= mix.bare)
