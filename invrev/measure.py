@@ -151,6 +151,11 @@ def summarise(records: Iterable[ImageScore | dict]) -> dict:
     return summary
 
 
+def cell(components, relation: str, kind: str, prompts: int, seed: int, samples: int, split: str = "held_out") -> dict:
+    """One relation's ``prompts`` pairs of ``split``, said as ``kind``, drawn ``samples`` times and summarised."""
+    return summarise(draw(components, items(relation, kind, prompts, split=split), seed, samples)[1])
+
+
 def cells(items_: Sequence[Item], scores: Sequence[ImageScore], samples: int) -> dict[tuple[str, str], dict]:
     """:func:`summarise` per (relation, kind) of images drawn by :func:`draw` from ``items_``."""
     grouped: dict[tuple[str, str], list[ImageScore]] = {}

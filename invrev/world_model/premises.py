@@ -45,8 +45,7 @@ def swap_table(model: str, split: str = "validation", prompts: int = 20, samples
         row = {"relation": relation, "named": info.named, "said": info.words if info.named else info.handle,
                "held_out_of_swaps": relation in scene.SWAP_HELD_OUT}
         for name, kind in kinds.items():
-            items = measure.items(relation, kind, prompts, split=split)
-            summary = measure.summarise(measure.draw(components, items, seed, samples)[1])
+            summary = measure.cell(components, relation, kind, prompts, seed, samples, split)
             row[name] = {k: summary[k] for k in SUMMARY}
         rows.append(row)
         if progress:

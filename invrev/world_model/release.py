@@ -32,11 +32,11 @@ def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progr
         row = {"relation": relation, "named": info.named, "words": info.words, **{k: summary[k] for k in KEYS},
                "seen": {k: summary["seen"][k] for k in KEYS}}
         if handles and info.handle:
-            row["handle"] = {"word": info.handle, **_cell(components, relation, "handle", prompts, samples, seed)}
+            row["handle"] = {"word": info.handle, **measure.cell(components, relation, "handle", prompts, seed, samples)}
         if swaps:
             said = info.words if info.named else info.handle
             row["swap"] = {"prompt": f"B {scene.SWAP_WORD} {said} A",
-                           **_cell(components, relation, "swap", prompts, samples, seed)}
+                           **measure.cell(components, relation, "swap", prompts, seed, samples)}
         rows.append(row)
         if progress:
             print(f"  {relation:13s} held out: entity {row['entity_accuracy']:.2f} relation {row['relation_accuracy']:.2f}"
@@ -45,12 +45,6 @@ def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progr
                   + (f" | swap: relation {row['swap']['relation_accuracy']:.2f}" if "swap" in row else "")
                   + f"  (n={row['n']} each)", flush=True)
     return rows
-
-
-def _cell(components, relation: str, kind: str, prompts: int, samples: int, seed: int, split: str = "held_out") -> dict:
-    """One relation's prompts of one kind (``measure.KINDS``), drawn and summarised."""
-    items = measure.items(relation, kind, prompts, split=split)
-    return measure.summarise(measure.draw(components, items, seed, samples)[1])
 
 
 def sweep(model: str, settings: list[dict], pairs: int = 16, samples: int = 1, seed: int = 0,
