@@ -74,7 +74,7 @@ class Relation:
 # it leans on verbs (0.7-0.8, "painted"/"carved" at the lower end: their "on"/"by" still matters).
 RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("painted_on", "painted on", False, "behavioural", 0.7, handle="daubed",
-             synonyms=("drawn on", "printed on", "stitched on", "embroidered on"), converses=("decorated with",)),
+             converses=("decorated with", "drawn with", "printed with", "stitched with", "embroidered with")),
     Relation("carved_by", "carved by", True, "behavioural", 0.7,
              synonyms=("engraved by", "sculpted by", "shaped by", "formed by", "made of", "built of")),
     Relation("shake_hands", "shaking hands with", False, "behavioural", 0.8, handle="greeting",
