@@ -171,6 +171,11 @@ def _add_batch_commands(sub) -> None:
     p.add_argument("--no-execute", action="store_true", help="copy only; do not execute the results notebook")
     p.set_defaults(func=_collect)
 
+    p = sub.add_parser("tables", help="recompute the tables a Markdown file shows between invrev:table markers")
+    p.add_argument("files", nargs="+", help="Markdown files (README.md, book pages)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its record")
+    p.set_defaults(func=_tables)
+
     p = sub.add_parser("notebooks", help="execute every notebook with tiny parameters (a smoke run)")
     p.add_argument("--out", default="outputs/notebooks", help="where the executed notebooks go (default: outputs/notebooks)")
     p.add_argument("--model", help="model for the notebooks that take one (default: their own, the world model)")
@@ -283,6 +288,24 @@ def _collect(args) -> int:
     dest = record.collect(args.runs, args.dest, replace=args.replace, execute=not args.no_execute)
     print(f"compact record of {len(record.load_runs(dest))} runs written to {dest}")
     return 0
+
+
+def _tables(args) -> int:
+    from invrev import record, summary
+    from invrev.paths import REPO_ROOT
+
+    stale = []
+    for name in args.files:
+        path = Path(name)
+        text = path.read_text()
+        fresh = summary.render(text, REPO_ROOT, record.load_runs)
+        if fresh != text:
+            stale.append(name)
+            if not args.check:
+                path.write_text(fresh)
+    verb = "differ from their records" if args.check else "rewritten from their records"
+    print(f"tables in {', '.join(stale)}: {verb}" if stale else "every table matches its record")
+    return 1 if stale and args.check else 0
 
 
 def _notebooks(args) -> int:

@@ -1,0 +1,114 @@
+"""The short tables the README and the landing page show, computed from a record of runs.
+
+A table in a Markdown file sits between two markers that name it and the record it is computed from:
+
+    <!-- invrev:table table1 results/latest -->
+    | ... the table ... |
+    <!-- /invrev:table -->
+
+``invrev tables --update README.md`` rewrites every such block from its record; a test fails when a
+block is not what its record gives, so the README cannot drift from the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from invrev.claims import pooled as _pooled
+from invrev.config import TABLE1, TABLE2
+from invrev.tables import PAPER_NAMES, accuracy, automatic_rank
+from invrev.world.scene import RELATIONS
+
+NAMES = {"sd": "SD (words)"}
+BLOCK = re.compile(r"(<!-- invrev:table (?P<name>[\w-]+) (?P<record>\S+) -->\n)(?P<body>.*?)(<!-- /invrev:table -->)", re.S)
+
+
+def table1(runs: Sequence[Mapping]) -> str:
+    """Table 1 in brief: relation accuracy pooled over all relations, the automatic rank, the unnamed
+    and named relations apart, and entity accuracy; the best of each row in bold."""
+    named = [r for r in RELATIONS if RELATIONS[r].named]
+    rows = [("all 10 relations", {v: _pooled(runs, v, "relation") for v in TABLE1}, _cell_spread, max),
+            ("automatic rank (4 = best)", _mean_rank(runs), lambda x: f"{x:.2f}", max),
+            ("5 unnamed relations", {v: _pooled(runs, v, "relation", [r for r in RELATIONS if r not in named]) for v in TABLE1},
+             _cell_rate, max),
+            ("5 named relations", {v: _pooled(runs, v, "relation", named) for v in TABLE1}, _cell_rate, max),
+            ("entity accuracy, all", {v: _pooled(runs, v, "entity") for v in TABLE1}, _cell_rate, max)]
+    return _table(["measure", *(NAMES.get(v, PAPER_NAMES[v]) for v in TABLE1)], TABLE1, rows)
+
+
+def table2(runs: Sequence[Mapping]) -> str:
+    """Table 2 in brief: relation accuracy and fusion rate (lower is better) of the full method and
+    each ablation."""
+    variants = [TABLE2[-1], *TABLE2[:-1]]
+    rows = [("relation accuracy, all", {v: _pooled(runs, v, "relation") for v in variants}, _cell_interval, max),
+            ("fusion rate (lower is better)", {v: _pooled(runs, v, "fusion") for v in variants}, _cell_interval, min)]
+    return _table(["ablation (Table 2)", *(PAPER_NAMES[v] for v in variants)], variants, rows)
+
+
+TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {"table1": table1, "table2": table2}
+
+
+def blocks(text: str) -> list[dict]:
+    """The table blocks of a Markdown text: name, record and the body as written."""
+    return [{"name": m["name"], "record": m["record"], "body": m["body"]} for m in BLOCK.finditer(text)]
+
+
+def render(text: str, root: str | Path, load: Callable[[Path], Sequence[Mapping]]) -> str:
+    """``text`` with every table block recomputed from its record (a path under ``root``), each
+    record loaded once by ``load``."""
+    loaded: dict[str, Sequence[Mapping]] = {}
+
+    def fill(m: re.Match) -> str:
+        if m["name"] not in TABLES:
+            raise ValueError(f"unknown table {m['name']!r} in an invrev:table marker; known: {', '.join(TABLES)}")
+        if m["record"] not in loaded:
+            loaded[m["record"]] = load(Path(root) / m["record"])
+            if not loaded[m["record"]]:
+                raise FileNotFoundError(f"the record {m['record']!r} named by an invrev:table marker holds no evaluated "
+                                        "runs (run `invrev batch` then `invrev collect`)")
+        return m.group(1) + TABLES[m["name"]](loaded[m["record"]]) + "\n" + m.group(5)
+
+    return BLOCK.sub(fill, text)
+
+
+def _mean_rank(runs) -> dict[str, float | None]:
+    ranks = automatic_rank(runs, TABLE1, "relation")
+    return {v: statistics.fmean(ranks[r][v] for r in ranks) if ranks else None for v in TABLE1}
+
+
+def _cell_rate(acc) -> str:
+    return f"{acc['rate']:.2f}"
+
+
+def _cell_interval(acc) -> str:
+    return f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
+
+
+def _cell_spread(acc) -> str:
+    spread = f" ±{acc['seed_sd']:.2f}" if not math.isnan(acc["seed_sd"]) else ""
+    return _cell_interval(acc) + spread
+
+
+def _value(x) -> float | None:
+    return None if x is None else x if isinstance(x, float) else x["rate"]
+
+
+def _table(header: Sequence[str], variants: Sequence[str], rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for label, values, fmt, best in rows:
+        present = [_value(values[v]) for v in variants if values[v] is not None]
+        top = best(round(x, 2) for x in present) if present else None
+        cells = []
+        for v in variants:
+            if values[v] is None:
+                cells.append("–")
+                continue
+            cell = fmt(values[v])
+            bold = round(_value(values[v]), 2) == top and sum(round(x, 2) == top for x in present) == 1
+            cells.append(re.sub(r"^([\d.]+)", r"**\1**", cell) if bold else cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
