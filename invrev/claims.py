@@ -219,3 +219,24 @@ def _rate(acc: Mapping | None) -> str:
         return "–"
     return f"{acc['rate']:.2f} [{acc['ci95'][0]:.2f}, {acc['ci95'][1]:.2f}]"
 
+
+
+def across_worlds(worlds: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+    """Each claim's verdict in each world (a label and its runs, e.g. the world with the mechanisms'
+    premises and the one without): ``{"claim", label: {"verdict", "evidence"} or None, ...}``, in the
+    order the claims first appear."""
+    found: dict[str, dict] = {}
+    for label, runs in worlds.items():
+        for claim in paper_claims(runs):
+            found.setdefault(claim["claim"], {"claim": claim["claim"]})[label] = {
+                "verdict": claim["verdict"], "evidence": claim["evidence"]}
+    return [{label: None for label in worlds} | row for row in found.values()]
+
+
+def worlds_table(rows: Sequence[Mapping], labels: Sequence[str]) -> str:
+    """:func:`across_worlds` as Markdown: a row per claim, a column per world, "verdict (evidence)"."""
+    lines = ["| claim | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    for row in rows:
+        cells = [f"**{row[label]['verdict']}** ({row[label]['evidence']})" if row[label] else "–" for label in labels]
+        lines.append(f"| {row['claim']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -73,3 +73,15 @@ def test_hf_effects_read_the_benchmark_exemplars():
     assert {r["relation"] for r in rows} == {"painted_on", "on"} and shares == sorted(shares, reverse=True)
     assert all(r["effect"] == pytest.approx(0.1) and 0 < r["hf_share"] < 1 for r in rows)
     assert "| painted_on |" in claims.hf_table(rows)
+
+
+def test_claims_across_worlds_line_up_by_claim():
+    with_premise = [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]
+    without = [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8), _run("on", "no_hf", 0, 0.5)]
+    rows = claims.across_worlds({"v2": with_premise, "v1": without})
+    inverse = next(r for r in rows if r["claim"].startswith("removing inverse text"))
+    assert inverse["v2"]["verdict"] == "holds" and inverse["v1"]["verdict"] == "does not hold"
+    table = claims.worlds_table(rows, ["v2", "v1"]).splitlines()
+    assert table[0] == "| claim | v2 | v1 |"
+    assert any(line.startswith("| removing inverse text lowers relation accuracy (Table 2) | **holds** (0.80 [") for line in table)
+    assert all(set(r) == {"claim", "v2", "v1"} for r in rows)
