@@ -88,11 +88,11 @@ def test_format_sweep_pools_named_relations_with_intervals():
 
 def test_report_table_shows_both_views_and_the_handle():
     row = {"relation": "hug", "named": False, "words": "hugging", "n": 80, "entity_accuracy": 0.5,
-           "relation_accuracy": 0.1, "fusion_rate": 0.2,
+           "relation_accuracy": 0.1, "fusion_rate": 0.2, "reversed_rate": 0.0125,
            "seen": {"n": 80, "entity_accuracy": 0.6, "relation_accuracy": 0.05, "fusion_rate": 0.1},
            "handle": {"word": "cuddling", "n": 80, "entity_accuracy": 0.7, "relation_accuracy": 0.9, "fusion_rate": 0.0}}
     line = release.format_report([row]).splitlines()[-1]
-    assert line == '| hug | no | hugging | 0.50 | 0.10 | 0.20 | 0.60 | 0.05 | 0.10 | 80 | "cuddling": 0.90 (0.70) |'
+    assert line == '| hug | no | hugging | 0.50 | 0.10 | 0.20 | 0.01 | 0.60 | 0.05 | 0.10 | 80 | "cuddling": 0.90 (0.70) |'
 
 
 def test_guidance_one_skips_the_unconditional_pass_and_draws_the_same(components, monkeypatch):

@@ -13,7 +13,7 @@ from invrev.models import SD15_SAMPLING, resolve_model
 from invrev.paths import WORLD_MODEL
 from invrev.world import benchmark, scene
 
-KEYS = ("n", "entity_accuracy", "relation_accuracy", "fusion_rate")
+KEYS = ("n", "entity_accuracy", "relation_accuracy", "fusion_rate", "reversed_rate")
 
 
 def report(model: str, prompts: int = 20, samples: int = 4, seed: int = 0, progress: bool = True,
@@ -147,8 +147,8 @@ def format_sweep(rows: list[dict]) -> str:
 def format_report(rows: list[dict]) -> str:
     """REPORT.md's table: both views side by side, and the handles' upper bound."""
     lines = ["| relation | named in pretraining | prompt words | held out: entity | held out: relation | held out: fusion "
-             "| seen, different shapes: entity | relation | fusion | n each | handle: relation (entity) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| held out: drawn reversed | seen, different shapes: entity | relation | fusion | n each | handle: relation (entity) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     if any("swap" in r for r in rows):
         lines[0] += " role swap \"B ob <words or handle> A\": relation (reversed) |"
         lines[1] += " --- |"
@@ -159,7 +159,7 @@ def format_report(rows: list[dict]) -> str:
         handle_cell = (f"\"{handle['word']}\": {handle['relation_accuracy']:.2f} ({handle['entity_accuracy']:.2f})"
                        if handle else "–")
         lines.append(f"| {r['relation']} | {'yes' if r['named'] else 'no'} | {r['words']} | {r['entity_accuracy']:.2f} | "
-                     f"{r['relation_accuracy']:.2f} | {r['fusion_rate']:.2f} | {seen_cells} | {r['n']} | {handle_cell} |"
+                     f"{r['relation_accuracy']:.2f} | {r['fusion_rate']:.2f} | {r['reversed_rate']:.2f} | {seen_cells} | {r['n']} | {handle_cell} |"
                      + (f" {swap['relation_accuracy']:.2f} ({swap['reversed_rate']:.2f}) |" if swap else ""))
     return "\n".join(lines)
 
