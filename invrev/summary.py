@@ -49,7 +49,46 @@ def table2(runs: Sequence[Mapping]) -> str:
     return _table(["ablation (Table 2)", *(PAPER_NAMES[v] for v in variants)], variants, rows)
 
 
-TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {"table1": table1, "table2": table2}
+UNNAMED_VARIANTS = ("textual_inversion", "reversion", "inv_reversion", "no_inverse")
+LIFT = 0.40  # what counts as a learned token reaching a relation its words cannot
+
+
+def unnamed(runs: Sequence[Mapping], manifest: str | Path = "data/world/manifest.json") -> str:
+    """The unnamed relations in words (``sd``) against each learned token, and by the handle (the
+    shipped model's report, ``manifest``'s ``words_report``): relation accuracy, the best token in
+    bold, and how many relations each lifts by at least ``LIFT`` above its words."""
+    import json
+
+    from invrev.runs import repo_path
+
+    report = {r["relation"]: r for r in json.loads(repo_path(manifest).read_text())["words_report"]}
+    relations = [r for r in dict.fromkeys(run["relation"] for run in runs) if r in RELATIONS and not RELATIONS[r].named]
+    header = ["relation", "in words", *(PAPER_NAMES[v] for v in UNNAMED_VARIANTS), "the handle (upper bound)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lifted = dict.fromkeys([*UNNAMED_VARIANTS, "handle"], 0)
+    for relation in relations:
+        words = _pooled(runs, "sd", "relation", [relation])
+        rates = {v: _pooled(runs, v, "relation", [relation]) for v in UNNAMED_VARIANTS}
+        rates = {v: a["rate"] if a else None for v, a in rates.items()}
+        rates["handle"] = report.get(relation, {}).get("handle", {}).get("relation_accuracy")
+        top = max((round(x, 2) for v, x in rates.items() if v != "handle" and x is not None), default=None)
+        cells = []
+        for v, x in rates.items():
+            if x is None:
+                cells.append("–")
+                continue
+            if words and x - words["rate"] >= LIFT:
+                lifted[v] += 1
+            best = v != "handle" and round(x, 2) == top and sum(
+                y is not None and round(y, 2) == top for u, y in rates.items() if u != "handle") == 1
+            cells.append(f"**{x:.2f}**" if best else f"{x:.2f}")
+        lines.append(f"| {relation} | {words['rate']:.2f} | " + " | ".join(cells) + " |" if words else
+                     f"| {relation} | – | " + " | ".join(cells) + " |")
+    lines.append(f"| lifted ≥ {LIFT:.2f} above words | | " + " | ".join(f"{n} of {len(relations)}" for n in lifted.values()) + " |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {"table1": table1, "table2": table2, "unnamed": unnamed}
 
 
 def blocks(text: str) -> list[dict]:

@@ -49,3 +49,18 @@ def test_readme_tables_match_their_records():
     readme = (REPO_ROOT / "README.md").read_text()
     assert summary.blocks(readme), "the README shows no table computed from a record"
     assert summary.render(readme, REPO_ROOT, record.load_runs) == readme, "run `invrev tables README.md`"
+
+
+def test_unnamed_table_counts_lifts_and_reads_the_handle_from_the_report(tmp_path):
+    import json
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"words_report": [{"relation": "hug", "handle": {"relation_accuracy": 0.9}}]}))
+    runs = [_run("hug", "sd", 0, 0.0), _run("hug", "textual_inversion", 0, 0.5), _run("hug", "reversion", 0, 0.25),
+            _run("hug", "inv_reversion", 0, 0.5), _run("on", "sd", 0, 0.9)]
+    lines = summary.unnamed(runs, manifest).splitlines()
+    assert lines[0] == ("| relation | in words | Textual Inversion | ReVersion | Inv-ReVersion | w/o inverse text "
+                        "| the handle (upper bound) |")
+    assert lines[2] == "| hug | 0.00 | 0.50 | 0.25 | 0.50 | – | 0.90 |"  # a tie for best: nothing bold
+    assert lines[3] == "| lifted ≥ 0.40 above words | | 1 of 1 | 0 of 1 | 1 of 1 | 0 of 1 | 1 of 1 |"
+    assert len(lines) == 4  # "on" is named
