@@ -30,22 +30,21 @@ from invrev.world.scene import RELATIONS
 SPEARMAN_05 = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648, 11: 0.618, 12: 0.587}  # two-sided 5%
 
 
-def paper_claims(runs: Sequence[Mapping]) -> list[dict]:
+def paper_claims(runs: Sequence[Mapping], user: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+                 raters: tuple[int, int] | None = None) -> list[dict]:
     """Each claim of the paper checked on ``runs``: ``{"claim", "verdict", "evidence"}``.
 
     Verdicts are "holds", "partly holds", "does not hold" or "cannot tell" (missing runs, or
-    intervals that overlap where the claim is a difference).
+    intervals that overlap where the claim is a difference). ``user`` (``ratings.average_user_rank``
+    of a rating study, ``raters`` its ``ratings.study_size``) adds Table 1's rank claims as people
+    ranked, beside the scorer's.
     """
     out = []
     for criterion in CRITERIA:
-        ranks = automatic_rank(runs, TABLE1, criterion)
-        if ranks:
-            others = {r: max(x for v, x in vs.items() if v != "inv_reversion") for r, vs in ranks.items()}
-            best = [r for r, vs in ranks.items() if vs["inv_reversion"] > others[r]]
-            tied = [r for r, vs in ranks.items() if vs["inv_reversion"] == others[r]]
-            out.append(_share_claim(
-                f"Inv-ReVersion ranks first on {criterion} accuracy in every relation (Table 1)", len(best), len(tied), len(ranks),
-                f"first in {len(best)} of {len(ranks)} relations, tied for first in {len(tied)}"))
+        out += _first_claims(automatic_rank(runs, TABLE1, criterion), criterion, "")
+        people = {r: vs for r, vs in (user or {}).get(criterion, {}).items() if all(v in vs for v in TABLE1)}
+        who = f", user ranks of {raters[0]} people over {raters[1]} sets" if raters else ", user ranks"
+        out += _first_claims(people, criterion, who)
     ranks = automatic_rank(runs, TABLE1, "relation")
     if ranks:
         mean = {v: statistics.fmean(ranks[r][v] for r in ranks) for v in TABLE1}
@@ -60,6 +59,18 @@ def paper_claims(runs: Sequence[Mapping]) -> list[dict]:
         if claim:
             out.append(claim)
     return out + [c for c in (pos_weight_claim(runs), fusion_claim(runs), suppressor_claim(runs)) if c]
+
+
+def _first_claims(ranks: Mapping[str, Mapping[str, float]], criterion: str, source: str) -> list[dict]:
+    """Inv-ReVersion first on ``criterion`` in every relation of ``ranks`` (relation -> variant -> rank)."""
+    if not ranks:
+        return []
+    others = {r: max(x for v, x in vs.items() if v != "inv_reversion" and v in TABLE1) for r, vs in ranks.items()}
+    best = [r for r, vs in ranks.items() if vs["inv_reversion"] > others[r]]
+    tied = [r for r, vs in ranks.items() if vs["inv_reversion"] == others[r]]
+    return [_share_claim(f"Inv-ReVersion ranks first on {criterion} accuracy in every relation (Table 1{source})",
+                         len(best), len(tied), len(ranks),
+                         f"first in {len(best)} of {len(ranks)} relations, tied for first in {len(tied)}")]
 
 
 def compare(runs: Sequence[Mapping], with_: str, without: str, criterion: str, *, better: str, claim: str,

@@ -188,3 +188,22 @@ def test_markdown_table_has_a_row_per_relation_and_the_user_rank():
     assert len(table) == 2 + 2 + 1  # header, rule, two relations, all
     assert table[2].startswith("| on |") and "user 3.50" in table[2] and "rank" in table[2]
     assert table[-1].startswith("| **all** |")
+
+
+def test_an_exported_rating_session_loads_into_the_claims_as_user_ranks(tmp_path):
+    """A made-up ranking (never a person's): Inv-ReVersion first in one set, ReVersion in the other."""
+    path = tmp_path / "ratings.csv"
+    rng = random.Random(1)
+    for best in ("inv_reversion", "reversion"):
+        rating_set = ratings.sample_rating_set("inside", rng, TABLE1, seeds=[0])
+        for criterion in ratings.CRITERIA:
+            ranks = {v: i + 1 for i, v in enumerate(sorted(TABLE1, key=lambda v: v == best))}
+            ratings.append_ratings(path, ratings.rows_for("made-up", rating_set, criterion, ranks))
+    rows = ratings.read_ratings(path)
+    runs = _table_runs(["sd", "textual_inversion", "no_inverse", "no_pos_weight", "no_hf", "reversion", "inv_reversion"])
+    found = {c["claim"]: c for c in claims.paper_claims(runs, ratings.average_user_rank(rows), ratings.study_size(rows))}
+    scorer = found["Inv-ReVersion ranks first on relation accuracy in every relation (Table 1)"]
+    people = found["Inv-ReVersion ranks first on relation accuracy in every relation (Table 1, user ranks of 1 people over 2 sets)"]
+    assert scorer["verdict"] == "holds"
+    assert people["verdict"] == "cannot tell" and people["evidence"] == "first in 0 of 1 relations, tied for first in 1"
+    assert not any("user ranks" in c for c in {c["claim"] for c in claims.paper_claims(runs)})
