@@ -12,6 +12,7 @@ block is not what its record gives, so the README cannot drift from the numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -20,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 from invrev.claims import pooled as _pooled
 from invrev.config import TABLE1, TABLE2
+from invrev.runs import repo_path
 from invrev.tables import PAPER_NAMES, accuracy, automatic_rank
 from invrev.world.scene import RELATIONS
 
@@ -57,10 +59,6 @@ def unnamed(runs: Sequence[Mapping], manifest: str | Path = "data/world/manifest
     """The unnamed relations in words (``sd``) against each learned token, and by the handle (the
     shipped model's report, ``manifest``'s ``words_report``): relation accuracy, the best token in
     bold, and how many relations each lifts by at least ``LIFT`` above its words."""
-    import json
-
-    from invrev.runs import repo_path
-
     report = {r["relation"]: r for r in json.loads(repo_path(manifest).read_text())["words_report"]}
     relations = [r for r in dict.fromkeys(run["relation"] for run in runs) if r in RELATIONS and not RELATIONS[r].named]
     header = ["relation", "in words", *(PAPER_NAMES[v] for v in UNNAMED_VARIANTS), "the handle (upper bound)"]

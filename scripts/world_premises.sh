@@ -8,7 +8,8 @@
 #            inverse text's p_inverse dose-response and <inv>'s initial word (the swap word "ob" as
 #            the upper bound), each with cos(<inv>, ob) after training;
 #   all:     both.
-# Jobs run two at a time, one thread each (two cores); each writes a JSON file and a log in OUT.
+# Jobs run two at a time (three while 'all' overlaps the table with them), one thread each; each
+# writes a JSON file and a log in OUT.
 #
 #   bash scripts/world_premises.sh MODEL_FOLDER OUT_FOLDER [table|inverse|all]
 set -euo pipefail
@@ -32,7 +33,7 @@ if [[ $what != inverse ]]; then
         --samples 4 --out "$out/premises_validation.json" &
 fi
 if [[ $what != table ]]; then
-    job decisive_no_inverse "${recipe[@]}" --variant no_inverse --swap-form --out "$out/decisive_no_inverse.json"
+    job decisive_no_inverse "${recipe[@]}" --variant no_inverse --swap-form --out "$out/decisive_no_inverse.json" &
     job inverse_init_ob "${recipe[@]}" --variant inv_reversion --swap-form --inverse-form \
         --candidate "inverse_init_word=ob" --out "$out/inverse_init_ob.json"
     wait
