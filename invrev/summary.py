@@ -69,7 +69,7 @@ def unnamed(runs: Sequence[Mapping], manifest: str | Path = "data/world/manifest
         rates = {v: _pooled(runs, v, "relation", [relation]) for v in UNNAMED_VARIANTS}
         rates = {v: a["rate"] if a else None for v, a in rates.items()}
         rates["handle"] = report.get(relation, {}).get("handle", {}).get("relation_accuracy")
-        top = max((round(x, 2) for v, x in rates.items() if v != "handle" and x is not None), default=None)
+        bold = _single_best({v: x for v, x in rates.items() if v != "handle"})
         cells = []
         for v, x in rates.items():
             if x is None:
@@ -77,9 +77,7 @@ def unnamed(runs: Sequence[Mapping], manifest: str | Path = "data/world/manifest
                 continue
             if words and x - words["rate"] >= LIFT:
                 lifted[v] += 1
-            best = v != "handle" and round(x, 2) == top and sum(
-                y is not None and round(y, 2) == top for u, y in rates.items() if u != "handle") == 1
-            cells.append(f"**{x:.2f}**" if best else f"{x:.2f}")
+            cells.append(f"**{x:.2f}**" if v == bold else f"{x:.2f}")
         lines.append(f"| {relation} | {words['rate']:.2f} | " + " | ".join(cells) + " |" if words else
                      f"| {relation} | – | " + " | ".join(cells) + " |")
     lines.append(f"| lifted ≥ {LIFT:.2f} above words | | " + " | ".join(f"{n} of {len(relations)}" for n in lifted.values()) + " |")
@@ -134,18 +132,19 @@ def _value(x) -> float | None:
     return None if x is None else x if isinstance(x, float) else x["rate"]
 
 
+def _single_best(values: Mapping[str, float | None], best=max) -> str | None:
+    """The key whose value, at the two decimals shown, is the ``best`` and no other key's; None on a tie."""
+    shown = {k: round(x, 2) for k, x in values.items() if x is not None}
+    top = best(shown.values(), default=None)
+    winners = [k for k, x in shown.items() if x == top]
+    return winners[0] if len(winners) == 1 else None
+
+
 def _table(header: Sequence[str], variants: Sequence[str], rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for label, values, fmt, best in rows:
-        present = [_value(values[v]) for v in variants if values[v] is not None]
-        top = best(round(x, 2) for x in present) if present else None
-        cells = []
-        for v in variants:
-            if values[v] is None:
-                cells.append("–")
-                continue
-            cell = fmt(values[v])
-            bold = round(_value(values[v]), 2) == top and sum(round(x, 2) == top for x in present) == 1
-            cells.append(re.sub(r"^([\d.]+)", r"**\1**", cell) if bold else cell)
+        bold = _single_best({v: _value(values[v]) for v in variants}, best)
+        cells = ["–" if values[v] is None else re.sub(r"^([\d.]+)", r"**\1**", fmt(values[v])) if v == bold
+                 else fmt(values[v]) for v in variants]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
