@@ -114,9 +114,71 @@ def format_swap_table(rows: list[dict]) -> str:
     lines = ["| relation | said | forward: relation (entity) | \"B ob … A\": relation (entity) | swap drawn in caption order | in words | n |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        cell = lambda c: f"{c['relation_accuracy']:.2f} ({c['entity_accuracy']:.2f})"  # noqa: E731
+        cell = lambda c: f"{c['relation_accuracy']:.2f} ({c['entity_accuracy']:.2f})"
         held = " (never shown swapped)" if r["held_out_of_swaps"] else ""
         words = f"{r['words']['relation_accuracy']:.2f}" if "words" in r else "–"
         lines.append(f"| {r['relation']} | \"{r['said']}\"{held} | {cell(r['forward'])} | {cell(r['swap'])} | "
                      f"{r['swap']['reversed_rate']:.2f} | {words} | {r['forward']['n']} |")
     return "\n".join(lines)
+
+
+def word_row(tokenizer, word: str) -> int:
+    """The token id of ``word``, which must be one whole word of the model's vocabulary."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"word {word!r} is {len(ids)} tokens in this model's vocabulary, not one whole word: "
+                         "only a whole word has a row of its own to redraw")
+    return ids[0]
+
+
+def redrawn(row: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fresh draw for an untrained ``row``: a standard normal vector from ``seed``, scaled to the
+    row's norm (an untrained row is its initial draw, shrunk a little by weight decay), rounded to
+    fp16 as the shipped weights hold it."""
+    draw = torch.randn(row.shape, generator=torch.Generator().manual_seed(seed))
+    return (draw / draw.norm() * row.float().norm()).half()
+
+
+def redraw_row(text_encoder, tokenizer, word: str, seed: int) -> torch.Tensor:
+    """Set ``word``'s row of the token table to :func:`redrawn`; returns the row it replaced."""
+    table = text_encoder.get_input_embeddings().weight
+    i = word_row(tokenizer, word)
+    old = table.data[i].clone()
+    table.data[i] = redrawn(old, seed).to(table.dtype)
+    return old
+
+
+def word_leak(components, word: str, relation: str, draws: list[int | None], prompts: int = 20, samples: int = 4,
+              seed: int = 0, progress: bool = True) -> list[dict]:
+    """An unnamed relation prompted in its evaluation words on validation pairs, with ``word``'s row
+    as it is (``None``) and redrawn from each seed of ``draws``: entity and relation accuracy per row
+    and the row's nearest trained words (cosine), the same images' noise for every row."""
+    tok, encoder = components.tokenizer, components.text_encoder
+    table = encoder.get_input_embeddings().weight
+    original = table.data[word_row(tok, word)].clone()
+    trained = sorted(caption_words(True))
+    trained_rows = torch.nn.functional.normalize(table.detach()[[word_row(tok, w) for w in trained]].float(), dim=1)
+    rows = []
+    try:
+        for draw in draws:
+            if draw is not None:
+                redraw_row(encoder, tok, word, draw)
+            row = table.detach()[word_row(tok, word)].float()
+            near = (trained_rows @ torch.nn.functional.normalize(row, dim=0)).topk(3)
+            summary = measure.cell(components, relation, "words", prompts, seed, samples, "validation")
+            rows.append({"draw": draw, **{k: summary[k] for k in SUMMARY},
+                         "nearest": [[trained[i], round(float(v), 3)] for v, i in zip(near.values, near.indices)]})
+            if progress:
+                print(f"  {word!r} {'as trained' if draw is None else f'redrawn, seed {draw}':18s} entity "
+                      f"{summary['entity_accuracy']:.2f} relation {summary['relation_accuracy']:.2f} "
+                      f"(n={summary['n']}); nearest {rows[-1]['nearest'][0]}", flush=True)
+            table.data[word_row(tok, word)] = original
+    finally:
+        table.data[word_row(tok, word)] = original
+    return rows
+
+
+def choose_draw(rows: list[dict]) -> dict:
+    """The row with the lowest relation accuracy in words; ties go to the higher entity accuracy
+    (the words baseline should still draw the entities)."""
+    return min(rows, key=lambda r: (r["relation_accuracy"], -r["entity_accuracy"]))
