@@ -232,13 +232,57 @@ def _rate(acc: Mapping | None) -> str:
 
 
 
+# The paper's mechanisms and ReVersion's steer loss, which it builds on: what each acts on in SD 1.5,
+# and the claims that test it (by their opening words: paper_claims and steer_claim).
+MECHANISMS = {
+    "inverse text expansion": {
+        "premise": "a role swap in the text encoder: one vector before the relation word that makes "
+                   "\"B <that vector> <r> A\" mean \"A <r> B\", as CLIP has from passives and converses",
+        "claims": ("removing inverse text", "the inverse text expansion"), "pair": ("inv_reversion", "no_inverse")},
+    "relation-steering loss": {
+        "premise": "prepositions and verbs that are meaningful rows of the token table, for <r> to be pulled toward",
+        "claims": ("the steer loss",), "pair": ("reversion", "textual_inversion")},
+    "POS weighting": {
+        "premise": "verbs that mean something, apart from prepositions, for the weight to lean on",
+        "claims": ("removing POS weighting", "the POS weighting"), "pair": ("inv_reversion", "no_pos_weight")},
+    "high-frequency suppressor": {
+        "premise": "exemplars whose fine detail does not carry the relation (a property of the images, "
+                   "not of the encoder)",
+        "claims": ("removing HF suppressor", "the suppressor"), "pair": ("inv_reversion", "no_hf")},
+}
+
+
+def steer_claim(runs: Sequence[Mapping]) -> dict | None:
+    """ReVersion's steer loss, which Inv-ReVersion keeps: ReVersion above Textual Inversion, which
+    differs from it by the steer loss and the relation-focal sampling (Table 1's order)."""
+    return compare(runs, "reversion", "textual_inversion", "relation", better="higher",
+                   claim="the steer loss lifts relation accuracy: ReVersion above Textual Inversion (Table 1's order)")
+
+
+def widest_gap(runs: Sequence[Mapping], with_: str, without: str) -> dict | None:
+    """The relation where ``with_`` and ``without`` differ most in relation accuracy (images pooled
+    over seeds): ``{"relation", with_: rate, without: rate}``; None without runs of both."""
+    gaps = []
+    for relation in dict.fromkeys(run["relation"] for run in runs):
+        a, b = (pooled(runs, v, "relation", [relation]) for v in (with_, without))
+        if a and b:
+            gaps.append({"relation": relation, with_: a["rate"], without: b["rate"]})
+    return max(gaps, key=lambda g: abs(g[with_] - g[without]), default=None)
+
+
+def by_mechanism(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    """Rows of :func:`across_worlds` (or :func:`paper_claims`) grouped by the mechanism they test
+    (``MECHANISMS``); claims about the method as a whole are left out."""
+    return {name: [row for row in rows if row["claim"].startswith(info["claims"])] for name, info in MECHANISMS.items()}
+
+
 def across_worlds(worlds: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     """Each claim's verdict in each world (a label and its runs, e.g. the world with the mechanisms'
     premises and the one without): ``{"claim", label: {"verdict", "evidence"} or None, ...}``, in the
-    order the claims first appear."""
+    order the claims first appear; the paper's claims, then :func:`steer_claim`."""
     found: dict[str, dict] = {}
     for label, runs in worlds.items():
-        for claim in paper_claims(runs):
+        for claim in paper_claims(runs) + [c for c in (steer_claim(runs),) if c]:
             found.setdefault(claim["claim"], {"claim": claim["claim"]})[label] = {
                 "verdict": claim["verdict"], "evidence": claim["evidence"]}
     return [{label: None for label in worlds} | row for row in found.values()]

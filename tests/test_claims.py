@@ -85,3 +85,25 @@ def test_claims_across_worlds_line_up_by_claim():
     assert table[0] == "| claim | v2 | v1 |"
     assert any(line.startswith("| removing inverse text lowers relation accuracy (Table 2) | **holds** (0.80 [") for line in table)
     assert all(set(r) == {"claim", "v2", "v1"} for r in rows)
+
+
+def test_steer_claim_and_mechanism_groups():
+    runs = [_run("hug", "reversion", 0, 0.8), _run("hug", "textual_inversion", 0, 0.3),
+            _run("hug", "inv_reversion", 0, 0.5), _run("hug", "no_pos_weight", 0, 0.5)]
+    steer = claims.steer_claim(runs)
+    assert steer["verdict"] == "holds" and steer["claim"].startswith("the steer loss")
+    assert claims.steer_claim(runs[:1]) is None  # no Textual Inversion runs: nothing to compare
+    rows = claims.across_worlds({"v2": runs, "v1": [_run("hug", "reversion", 0, 0.3), _run("hug", "textual_inversion", 0, 0.8)]})
+    groups = claims.by_mechanism(rows)
+    assert set(groups) == set(claims.MECHANISMS)
+    assert [r["v1"]["verdict"] for r in groups["relation-steering loss"]] == ["does not hold"]
+    assert [r["claim"] for r in groups["POS weighting"]][0].startswith("removing POS weighting")
+    assert not any(r["claim"].startswith("Inv-ReVersion ranks first") for g in groups.values() for r in g)
+
+
+def test_widest_gap_names_the_relation_where_a_pair_differs_most():
+    runs = [_run("hug", "inv_reversion", 0, 0.5), _run("hug", "no_inverse", 0, 0.6),
+            _run("on", "inv_reversion", 0, 0.9), _run("on", "no_inverse", 0, 0.2)]
+    gap = claims.widest_gap(runs, "inv_reversion", "no_inverse")
+    assert gap["relation"] == "on" and gap["inv_reversion"] == pytest.approx(0.9) and gap["no_inverse"] == pytest.approx(0.2)
+    assert claims.widest_gap(runs, "inv_reversion", "no_hf") is None
