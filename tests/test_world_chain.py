@@ -148,3 +148,11 @@ def test_readme_figure_refuses_runs_made_on_another_model(tmp_path):
                                                "relation_accuracy": 0.0, "n": 80}}))
     with pytest.raises(ValueError, match="evaluated on model sha256:an-older-model, not the shipped"):
         figure.main(["--runs", str(tmp_path), "--out", str(tmp_path / "f.png")])
+
+
+def test_report_names_each_edit_made_after_training():
+    from invrev.world_model import release
+    info = {"edits": [{"what": "the row of 'painted' redrawn", "seed": 5, "chosen_on": "validation pairs"}]}
+    text = release.report_markdown(info, [])
+    assert "Edited after training: the row of 'painted' redrawn, seed 5, chosen on validation pairs" in text
+    assert "Edited after training" not in release.report_markdown({}, [])

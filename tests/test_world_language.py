@@ -1,11 +1,15 @@
 """World language v2: the captions give each mechanism of the paper what it acts on, and keep the
 unnamed relations' evaluation words and the swap word where they must be."""
 
+import copy
 from collections import Counter
 
 import numpy as np
+import pytest
+import torch
 
 from invrev import measure
+from invrev.models import WORLD_MODEL, load_components_cached
 from invrev.words import load_words
 from invrev.world import captions, scene
 from invrev.world.scene import RELATIONS, SWAP_HELD_OUT, SWAP_WORD, Entity
@@ -84,3 +88,29 @@ def test_the_claimed_pretraining_words_are_the_words_captions_use():
             a, b = scene.sample_pair(rng)
             said.update(captions.sample_caption(a, relation, b, rng, MIX).split())
     assert said == premises.caption_words(v2=True)
+
+
+def test_a_redrawn_row_keeps_the_norm_and_depends_only_on_its_seed():
+    row = torch.randn(128) * 0.02
+    a, b, c = premises.redrawn(row, 5), premises.redrawn(row, 5), premises.redrawn(row, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.dtype == torch.float16
+    assert float(a.float().norm()) == pytest.approx(float(row.norm()), rel=1e-3)
+
+
+def test_redraw_row_changes_that_row_alone_and_names_a_word_that_is_no_row():
+    components = load_components_cached(str(WORLD_MODEL), "local")
+    encoder, tok = copy.deepcopy(components.text_encoder), components.tokenizer
+    before = encoder.get_input_embeddings().weight.detach().clone()
+    old = premises.redraw_row(encoder, tok, "painted", 1)
+    after = encoder.get_input_embeddings().weight.detach()
+    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [premises.word_row(tok, "painted")] and torch.equal(old, before[changed[0]])
+    with pytest.raises(ValueError, match="'glued' is 4 tokens.*not one whole word"):
+        premises.word_row(tok, "glued")
+
+
+def test_choose_draw_takes_the_lowest_relation_then_the_higher_entity():
+    rows = [{"draw": None, "relation_accuracy": 0.12, "entity_accuracy": 0.6},
+            {"draw": 2, "relation_accuracy": 0.0, "entity_accuracy": 0.31},
+            {"draw": 5, "relation_accuracy": 0.0, "entity_accuracy": 0.51}]
+    assert premises.choose_draw(rows)["draw"] == 5

@@ -217,6 +217,8 @@ def report_markdown(info: dict, rows: list[dict]) -> str:
         "*Handle*: an unnamed relation prompted by the word pretraining captions use for it, which no "
         "evaluation prompt uses (the upper bound for a learned token).", "",
         format_report(rows), "",
+        *[f"Edited after training: {edit['what']}, seed {edit['seed']}, chosen on {edit['chosen_on']} "
+          f"(`invrev.json`'s `edits`).\n" for edit in info.get("edits", [])],
         "Known limit: `inside`'s inner entity was drawn 8-10 px wide before this model, and the model drew it as a "
         "round blob (inner shape right 0/6 for triangles, 0/10 for crosses); the renderer now draws it 11-13 px "
         "(`render.INNER`), and this model was trained on that.", ""])
