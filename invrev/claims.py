@@ -232,6 +232,10 @@ def _rate(acc: Mapping | None) -> str:
 
 
 
+# The two full records the mechanisms are judged on: world language v1 (the second-stage world
+# model: no role swap, 12 of 101 steering words trained) and v2 (the shipped model: the premises).
+WORLD_RECORDS = {"world v1": "results/world_v1", "world v2": "results/latest"}
+
 # The paper's mechanisms and ReVersion's steer loss, which it builds on: what each acts on in SD 1.5,
 # and the claims that test it (by their opening words: paper_claims and steer_claim).
 MECHANISMS = {
@@ -274,6 +278,21 @@ def by_mechanism(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     """Rows of :func:`across_worlds` (or :func:`paper_claims`) grouped by the mechanism they test
     (``MECHANISMS``); claims about the method as a whole are left out."""
     return {name: [row for row in rows if row["claim"].startswith(info["claims"])] for name, info in MECHANISMS.items()}
+
+
+def headline(rows: Sequence[Mapping], labels: Sequence[str]) -> str:
+    """Two sentences a reader can repeat, from :func:`across_worlds`' ``rows``: how many of the
+    paper's claims hold in each world (``labels``, their order), and each mechanism's first claim's
+    verdict from world to world."""
+    steer = MECHANISMS["relation-steering loss"]["claims"]
+    paper = [row for row in rows if not row["claim"].startswith(steer)]
+    counts = [f"{sum(row[label]['verdict'] == 'holds' for row in paper if row[label])} of "
+              f"{sum(1 for row in paper if row[label])} in {label}" for label in labels]
+    moves = [f"{name}, " + " → ".join(group[0][label]["verdict"] if group and group[0][label] else "no runs"
+                                      for label in labels)
+             for name, group in by_mechanism(rows).items()]
+    return (f"Of the paper's claims that the record can judge, {'; '.join(counts)} hold. "
+            f"Each mechanism's first claim ({' → '.join(labels)}): {'; '.join(moves)}.")
 
 
 def across_worlds(worlds: Mapping[str, Sequence[Mapping]]) -> list[dict]:

@@ -107,3 +107,14 @@ def test_widest_gap_names_the_relation_where_a_pair_differs_most():
     gap = claims.widest_gap(runs, "inv_reversion", "no_inverse")
     assert gap["relation"] == "on" and gap["inv_reversion"] == pytest.approx(0.9) and gap["no_inverse"] == pytest.approx(0.2)
     assert claims.widest_gap(runs, "inv_reversion", "no_hf") is None
+
+
+def test_headline_counts_the_paper_claims_per_world_and_moves_each_mechanism():
+    with_premise = [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]
+    without = [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8)]
+    rows = claims.across_worlds({"v1": without, "v2": with_premise})
+    text = claims.headline(rows, ["v1", "v2"])
+    held = {label: sum(r[label]["verdict"] == "holds" for r in rows if r[label]) for label in ("v1", "v2")}
+    assert f"{held['v1']} of " in text and f"in v1; {held['v2']} of " in text
+    assert "inverse text expansion, does not hold → holds" in text
+    assert "relation-steering loss, no runs → no runs" in text
