@@ -61,7 +61,7 @@ def run(relation: str, out: str | Path, benchmark: Path, model: str, *, steps: i
 GAP = 4  # px of white between and around the mosaic's tiles
 
 
-def _mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int, scale: int = 4,
+def mosaic(images: list[np.ndarray], hits: list[bool], rows: int, columns: int, scale: int = 4,
             frame: int = 4, gap: int = GAP) -> np.ndarray:
     """Tiles ``rows`` x ``columns`` on white, each upscaled (nearest) inside a ``frame`` px border:
     green where the scorer finds the relation, light grey where not."""
@@ -96,10 +96,10 @@ def side_by_side(relation: str, base: dict, learned: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 1.15 * rows))
     for ax, result, title in ((axes[0], base, f'in words: "A {words} B"'), (axes[1], learned, 'learned token: "A <r> B"')):
         hits = [r["relation"] for r in result["images"][:n]]
-        mosaic = _mosaic(result["image_arrays"][:n], hits, rows, SAMPLES)
-        ax.imshow(mosaic, interpolation="nearest")
+        tiles = mosaic(result["image_arrays"][:n], hits, rows, SAMPLES)
+        ax.imshow(tiles, interpolation="nearest")
         ax.set_xticks([])
-        ax.set_yticks(_row_centres(mosaic.shape[0], rows))
+        ax.set_yticks(_row_centres(tiles.shape[0], rows))
         labels = []
         for r in range(rows):
             a, _, b = base["images"][r * SAMPLES]["prompt"].removeprefix("a ").partition(f" {words} a ")

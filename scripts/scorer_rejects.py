@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from invrev import measure
-from invrev.demo import _mosaic
+from invrev.demo import mosaic
 from invrev.models import WORLD_MODEL, load_components_cached
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
         images, scores = measure.draw(components, measure.items(args.relation, kind, args.pairs, split="validation"),
                                       args.seed, args.samples)
         order = sorted(range(len(images)), key=lambda i: scores[i].relation)  # rejected first
-        rows.append(_mosaic([images[i] for i in order], [scores[i].relation for i in order], 1, len(order), scale=3))
+        rows.append(mosaic([images[i] for i in order], [scores[i].relation for i in order], 1, len(order), scale=3))
         counts[kind] = (sum(s.relation for s in scores), len(scores))
         print(f"{args.relation} by {kind}: the scorer accepts {counts[kind][0]} of {counts[kind][1]} "
               f"(rejected first in its row)", flush=True)

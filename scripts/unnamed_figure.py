@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     fig, axes = plt.subplots(2, 3, figsize=(13, 1.4 + 2.2 * args.pairs))
     for ax, (variant, name) in zip(axes.flat, PANELS):
         got = panel(components, args.relation, variant, Path(args.runs), args.seed, args.pairs)
-        ax.imshow(demo._mosaic(got["images"], got["hits"], args.pairs, demo.SAMPLES, scale=3, frame=3), interpolation="nearest")
+        ax.imshow(demo.mosaic(got["images"], got["hits"], args.pairs, demo.SAMPLES, scale=3, frame=3), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():

@@ -8,7 +8,7 @@ from invrev import demo
 def test_mosaic_frames_hits_and_labels_sit_on_row_centres():
     images = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(6)]
     hits = [True, False, False, True, True, False]
-    mosaic = demo._mosaic(images, hits, rows=3, columns=2)
+    mosaic = demo.mosaic(images, hits, rows=3, columns=2)
     green, grey = np.array((42, 157, 58)), np.array((200, 200, 200))
     column = mosaic[:, demo.GAP]  # the left frame of the first column's tiles
     for row, centre in enumerate(demo._row_centres(mosaic.shape[0], 3)):
