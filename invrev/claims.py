@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from invrev.config import TABLE1, TABLE2, VARIANTS
 from invrev.ratings import CRITERIA
-from invrev.tables import PAPER_NAMES, accuracy, automatic_rank, rank
+from invrev.tables import PAPER_NAMES, accuracy, automatic_rank, mean_rank, rank
 from invrev.world.scene import RELATIONS
 
 SPEARMAN_05 = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648, 11: 0.618, 12: 0.587}  # two-sided 5%
@@ -45,9 +45,8 @@ def paper_claims(runs: Sequence[Mapping], user: Mapping[str, Mapping[str, Mappin
         people = {r: vs for r, vs in (user or {}).get(criterion, {}).items() if all(v in vs for v in TABLE1)}
         who = f", user ranks of {raters[0]} people over {raters[1]} sets" if raters else ", user ranks"
         out += _first_claims(people, criterion, who)
-    ranks = automatic_rank(runs, TABLE1, "relation")
-    if ranks:
-        mean = {v: statistics.fmean(ranks[r][v] for r in ranks) for v in TABLE1}
+    mean = mean_rank(runs, TABLE1)
+    if mean:
         ordered = all(mean[a] < mean[b] for a, b in zip(TABLE1, TABLE1[1:]))
         flat = len(set(mean.values())) == 1
         out.append({"claim": "relation rank rises SD < Textual Inversion < ReVersion < Inv-ReVersion (Table 1)",

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from invrev.claims import pooled as _pooled
 from invrev.config import TABLE1, TABLE2
 from invrev.runs import repo_path
-from invrev.tables import PAPER_NAMES, accuracy, automatic_rank
+from invrev.tables import PAPER_NAMES, mean_rank
 from invrev.world.scene import RELATIONS
 
 NAMES = {"sd": "SD (words)"}
@@ -34,7 +33,7 @@ def table1(runs: Sequence[Mapping]) -> str:
     and named relations apart, and entity accuracy; the best of each row in bold."""
     named = [r for r in RELATIONS if RELATIONS[r].named]
     rows = [("all 10 relations", {v: _pooled(runs, v, "relation") for v in TABLE1}, _cell_spread, max),
-            ("automatic rank (4 = best)", _mean_rank(runs), lambda x: f"{x:.2f}", max),
+            ("automatic rank (4 = best)", {v: mean_rank(runs, TABLE1).get(v) for v in TABLE1}, lambda x: f"{x:.2f}", max),
             ("5 unnamed relations", {v: _pooled(runs, v, "relation", [r for r in RELATIONS if r not in named]) for v in TABLE1},
              _cell_rate, max),
             ("5 named relations", {v: _pooled(runs, v, "relation", named) for v in TABLE1}, _cell_rate, max),
@@ -108,11 +107,6 @@ def render(text: str, root: str | Path, load: Callable[[Path], Sequence[Mapping]
         return m.group(1) + TABLES[m["name"]](loaded[m["record"]]) + "\n" + m.group(5)
 
     return BLOCK.sub(fill, text)
-
-
-def _mean_rank(runs) -> dict[str, float | None]:
-    ranks = automatic_rank(runs, TABLE1, "relation")
-    return {v: statistics.fmean(ranks[r][v] for r in ranks) if ranks else None for v in TABLE1}
 
 
 def _cell_rate(acc) -> str:

@@ -50,6 +50,13 @@ def automatic_rank(runs: Iterable[Mapping], variants: Sequence[str], criterion: 
     return out
 
 
+def mean_rank(runs: Iterable[Mapping], variants: Sequence[str], criterion: str = "relation") -> dict[str, float]:
+    """Each variant's :func:`automatic_rank` averaged over relations (the paper's 1-4 scale when
+    four variants are ranked); empty without a set that all ``variants`` drew."""
+    ranks = automatic_rank(runs, variants, criterion)
+    return {v: statistics.fmean(ranks[r][v] for r in ranks) for v in variants} if ranks else {}
+
+
 def accuracy(runs: Iterable[Mapping], variant: str, criterion: str, relation: str | None = None) -> dict | None:
     """Images pooled over seeds and prompts (of one relation, or all): the rate, its Wilson 95%
     interval, and the spread (sample standard deviation) of the per-seed rates; None without runs."""
