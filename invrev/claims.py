@@ -306,10 +306,12 @@ def across_worlds(worlds: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     return [{label: None for label in worlds} | row for row in found.values()]
 
 
-def worlds_table(rows: Sequence[Mapping], labels: Sequence[str]) -> str:
-    """:func:`across_worlds` as Markdown: a row per claim, a column per world, "verdict (evidence)"."""
+def worlds_table(rows: Sequence[Mapping], labels: Sequence[str], evidence: bool = True) -> str:
+    """:func:`across_worlds` as Markdown: a row per claim, a column per world, "verdict (evidence)"
+    (the verdict alone without ``evidence``)."""
     lines = ["| claim | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
     for row in rows:
-        cells = [f"**{row[label]['verdict']}** ({row[label]['evidence']})" if row[label] else "–" for label in labels]
+        cells = [("–" if not row[label] else f"**{row[label]['verdict']}** ({row[label]['evidence']})" if evidence
+                  else row[label]["verdict"]) for label in labels]
         lines.append(f"| {row['claim']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

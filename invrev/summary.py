@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from invrev.claims import WORLD_RECORDS, across_worlds, worlds_table
 from invrev.claims import pooled as _pooled
 from invrev.config import TABLE1, TABLE2
 from invrev.runs import repo_path
@@ -83,7 +84,17 @@ def unnamed(runs: Sequence[Mapping], manifest: str | Path = "data/world/manifest
     return "\n".join(lines)
 
 
+def worlds(records: Mapping[str, Sequence[Mapping]]) -> str:
+    """Each claim's verdict (no evidence) in each of several records, one column per record: a record
+    named in ``claims.WORLD_RECORDS`` goes by its label there (``claims.worlds_table``)."""
+    labels = {path: label for label, path in WORLD_RECORDS.items()}
+    found = {labels.get(path, path): runs for path, runs in records.items()}
+    return worlds_table(across_worlds(found), list(found), evidence=False)
+
+
 TABLES: dict[str, Callable[[Sequence[Mapping]], str]] = {"table1": table1, "table2": table2, "unnamed": unnamed}
+# Tables of several records, named in the marker joined by "+" (``results/world_v1+results/latest``).
+MANY: dict[str, Callable[[Mapping[str, Sequence[Mapping]]], str]] = {"worlds": worlds}
 
 
 def blocks(text: str) -> list[dict]:
@@ -96,15 +107,26 @@ def render(text: str, root: str | Path, load: Callable[[Path], Sequence[Mapping]
     record loaded once by ``load``."""
     loaded: dict[str, Sequence[Mapping]] = {}
 
-    def fill(m: re.Match) -> str:
-        if m["name"] not in TABLES:
-            raise ValueError(f"unknown table {m['name']!r} in an invrev:table marker; known: {', '.join(TABLES)}")
-        if m["record"] not in loaded:
-            loaded[m["record"]] = load(Path(root) / m["record"])
-            if not loaded[m["record"]]:
-                raise FileNotFoundError(f"the record {m['record']!r} named by an invrev:table marker holds no evaluated "
+    def runs_of(path: str) -> Sequence[Mapping]:
+        if path not in loaded:
+            loaded[path] = load(Path(root) / path)
+            if not loaded[path]:
+                raise FileNotFoundError(f"the record {path!r} named by an invrev:table marker holds no evaluated "
                                         "runs (run `invrev batch` then `invrev collect`)")
-        return m.group(1) + TABLES[m["name"]](loaded[m["record"]]) + "\n" + m.group(5)
+        return loaded[path]
+
+    def fill(m: re.Match) -> str:
+        paths = m["record"].split("+")
+        if m["name"] in MANY:
+            table = MANY[m["name"]]({path: runs_of(path) for path in paths})
+        elif m["name"] in TABLES and len(paths) == 1:
+            table = TABLES[m["name"]](runs_of(paths[0]))
+        elif m["name"] in TABLES:
+            raise ValueError(f"table {m['name']!r} reads one record, not {m['record']!r}; only "
+                             f"{', '.join(MANY)} read several, joined by '+'")
+        else:
+            raise ValueError(f"unknown table {m['name']!r} in an invrev:table marker; known: {', '.join([*TABLES, *MANY])}")
+        return m.group(1) + table + "\n" + m.group(5)
 
     return BLOCK.sub(fill, text)
 

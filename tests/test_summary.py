@@ -64,3 +64,14 @@ def test_unnamed_table_counts_lifts_and_reads_the_handle_from_the_report(tmp_pat
     assert lines[2] == "| hug | 0.00 | 0.50 | 0.25 | 0.50 | – | 0.90 |"  # a tie for best: nothing bold
     assert lines[3] == "| lifted ≥ 0.40 above words | | 1 of 1 | 0 of 1 | 1 of 1 | 0 of 1 | 1 of 1 |"
     assert len(lines) == 4  # "on" is named
+
+
+def test_worlds_block_reads_several_records_and_labels_the_known_ones(tmp_path):
+    records = {"results/world_v1": [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8)],
+               "results/latest": [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]}
+    text = "<!-- invrev:table worlds results/world_v1+results/latest -->\n<!-- /invrev:table -->\n"
+    lines = summary.render(text, tmp_path, lambda path: records[str(path.relative_to(tmp_path))]).splitlines()
+    assert lines[1] == "| claim | world v1 | world v2 |"
+    assert "| removing inverse text lowers relation accuracy (Table 2) | does not hold | holds |" in lines
+    with pytest.raises(ValueError, match="table 'table1' reads one record"):
+        summary.render(text.replace("worlds", "table1"), tmp_path, lambda path: records[str(path.relative_to(tmp_path))])
