@@ -240,10 +240,10 @@ WORLD_RECORDS = {"world v1": "results/world_v1", "world v2": "results/latest"}
 MECHANISMS = {
     "inverse text expansion": {
         "premise": "a role swap in the text encoder: one vector before the relation word that makes "
-                   "\"B <that vector> <r> A\" mean \"A <r> B\", as CLIP has from passives and converses",
+                   "\"B `<that vector>` `<r>` A\" mean \"A `<r>` B\", as CLIP has from passives and converses",
         "claims": ("removing inverse text", "the inverse text expansion"), "pair": ("inv_reversion", "no_inverse")},
     "relation-steering loss": {
-        "premise": "prepositions and verbs that are meaningful rows of the token table, for <r> to be pulled toward",
+        "premise": "prepositions and verbs that are meaningful rows of the token table, for `<r>` to be pulled toward",
         "claims": ("the steer loss",), "pair": ("reversion", "textual_inversion")},
     "POS weighting": {
         "premise": "verbs that mean something, apart from prepositions, for the weight to lean on",
