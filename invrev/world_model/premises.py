@@ -114,7 +114,7 @@ def format_swap_table(rows: list[dict]) -> str:
     lines = ["| relation | said | forward: relation (entity) | \"B ob … A\": relation (entity) | swap drawn in caption order | in words | n |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        cell = lambda c: f"{c['relation_accuracy']:.2f} ({c['entity_accuracy']:.2f})"
+        cell = lambda c: f"{c['relation_accuracy']:.2f} ({c['entity_accuracy']:.2f})"  # noqa: E731
         held = " (never shown swapped)" if r["held_out_of_swaps"] else ""
         words = f"{r['words']['relation_accuracy']:.2f}" if "words" in r else "–"
         lines.append(f"| {r['relation']} | \"{r['said']}\"{held} | {cell(r['forward'])} | {cell(r['swap'])} | "
