@@ -33,8 +33,9 @@ def table1(runs: Sequence[Mapping]) -> str:
     """Table 1 in brief: relation accuracy pooled over all relations, the automatic rank, the unnamed
     and named relations apart, and entity accuracy; the best of each row in bold."""
     named = [r for r in RELATIONS if RELATIONS[r].named]
+    ranks = mean_rank(runs, TABLE1)
     rows = [("all 10 relations", {v: _pooled(runs, v, "relation") for v in TABLE1}, _cell_spread, max),
-            ("automatic rank (4 = best)", {v: mean_rank(runs, TABLE1).get(v) for v in TABLE1}, lambda x: f"{x:.2f}", max),
+            ("automatic rank (4 = best)", {v: ranks.get(v) for v in TABLE1}, lambda x: f"{x:.2f}", max),
             ("5 unnamed relations", {v: _pooled(runs, v, "relation", [r for r in RELATIONS if r not in named]) for v in TABLE1},
              _cell_rate, max),
             ("5 named relations", {v: _pooled(runs, v, "relation", named) for v in TABLE1}, _cell_rate, max),

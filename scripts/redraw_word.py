@@ -27,8 +27,9 @@ from invrev.world import scene
 from invrev.world_model import premises
 
 
-def write_model(model: Path, out: Path, word: str, draw: int, evidence: dict) -> Path:
-    """A copy of ``model`` with ``word``'s row redrawn from ``draw``, ``evidence`` in ``invrev.json``."""
+def write_model(model: Path, out: Path, tokenizer, word: str, draw: int, evidence: dict) -> Path:
+    """A copy of ``model`` with ``word``'s row (by ``tokenizer``, the model's) redrawn from ``draw``,
+    ``evidence`` in ``invrev.json``."""
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new --out (nothing is overwritten)")
     shutil.copytree(model, out)
@@ -37,8 +38,7 @@ def write_model(model: Path, out: Path, word: str, draw: int, evidence: dict) ->
     with safe_open(weights, "pt") as f:
         metadata = f.metadata()
     table = next(k for k in state if k.endswith("token_embedding.weight"))
-    components = load_components_cached(str(model), "local")
-    i = premises.word_row(components.tokenizer, word)
+    i = premises.word_row(tokenizer, word)
     state[table][i] = premises.redrawn(state[table][i], draw).to(state[table].dtype)
     save_file(state, weights, metadata=metadata)
     info = json.loads((out / "invrev.json").read_text())
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out and best["draw"] is not None:
         evidence = {"what": f"the row of {args.word!r} (an evaluation word of {args.relation}, in no caption) redrawn",
                     "seed": best["draw"], "chosen_on": "validation pairs", **{k: v for k, v in result.items() if k != "chosen"}}
-        print("written:", write_model(Path(args.model), Path(args.out), args.word, best["draw"], evidence))
+        print("written:", write_model(Path(args.model), Path(args.out), components.tokenizer, args.word, best["draw"], evidence))
     return result
 
 

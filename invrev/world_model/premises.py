@@ -154,8 +154,8 @@ def word_leak(components, word: str, relation: str, draws: list[int | None], pro
     as it is (``None``) and redrawn from each seed of ``draws``: entity and relation accuracy per row
     and the row's nearest trained words (cosine), the same images' noise for every row."""
     tok, encoder = components.tokenizer, components.text_encoder
-    table = encoder.get_input_embeddings().weight
-    original = table.data[word_row(tok, word)].clone()
+    table, i = encoder.get_input_embeddings().weight, word_row(tok, word)
+    original = table.data[i].clone()
     trained = sorted(caption_words(True))
     trained_rows = torch.nn.functional.normalize(table.detach()[[word_row(tok, w) for w in trained]].float(), dim=1)
     rows = []
@@ -163,18 +163,17 @@ def word_leak(components, word: str, relation: str, draws: list[int | None], pro
         for draw in draws:
             if draw is not None:
                 redraw_row(encoder, tok, word, draw)
-            row = table.detach()[word_row(tok, word)].float()
-            near = (trained_rows @ torch.nn.functional.normalize(row, dim=0)).topk(3)
+            near = (trained_rows @ torch.nn.functional.normalize(table.detach()[i].float(), dim=0)).topk(3)
             summary = measure.cell(components, relation, "words", prompts, seed, samples, "validation")
             rows.append({"draw": draw, **{k: summary[k] for k in SUMMARY},
-                         "nearest": [[trained[i], round(float(v), 3)] for v, i in zip(near.values, near.indices)]})
+                         "nearest": [[trained[j], round(float(v), 3)] for v, j in zip(near.values, near.indices)]})
             if progress:
                 print(f"  {word!r} {'as trained' if draw is None else f'redrawn, seed {draw}':18s} entity "
                       f"{summary['entity_accuracy']:.2f} relation {summary['relation_accuracy']:.2f} "
                       f"(n={summary['n']}); nearest {rows[-1]['nearest'][0]}", flush=True)
-            table.data[word_row(tok, word)] = original
+            table.data[i] = original
     finally:
-        table.data[word_row(tok, word)] = original
+        table.data[i] = original
     return rows
 
 
