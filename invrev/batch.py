@@ -72,6 +72,7 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
     joint_seconds = 0.0
     with cluster.connect(scheduler, workers, dashboard) as client:
         print(cluster.describe(client), flush=True)
+        speed = cluster.core_speed(client)
         if joint > 0:
             _prepare_jointly(client, todo, joint)
             joint_seconds = time.perf_counter() - start
@@ -86,7 +87,7 @@ def run_batch(experiments: str | Path | Mapping | Experiment, runs_root: str | P
             else:
                 result.done.append(job.name)
                 print(f"[{count}/{len(jobs)}] {job.name}: done in {outcome.seconds:.1f} s ({outcome.detail})", flush=True)
-        where = {"workers": len(client.nthreads()), "cpus": cluster.cpus(client)}
+        where = {"workers": len(client.nthreads()), "cpus": cluster.cpus(client), "matmul_gflops": speed}
     seconds = time.perf_counter() - start
     log_batch(runs_root, {
         "started": started, "finished": runs.timestamp(), "seconds": round(seconds, 1),
@@ -173,7 +174,7 @@ BATCH_LOG = "batches.jsonl"
 
 def log_batch(runs_root: str | Path, entry: Mapping[str, Any]) -> Path:
     """Append one invocation's line to ``<runs_root>/batches.jsonl``: when, how long (the joint phase
-    and the notebooks apart), what, where (workers, CPUs, device) and with what outcome. A batch run
+    and the notebooks apart), what, where (workers, CPUs, the workers' matmul speed, device) and with what outcome. A batch run
     in several invocations (seed by seed, or resumed) has one line each; ``invrev collect`` keeps
     them with the record. Two batches on one runs folder may finish together: each appends under a
     lease (an atomic create, taken over from a dead holder; renewed while held, though an append takes

@@ -87,6 +87,39 @@ def describe(client: Client) -> str:
     return f"Dask: {n} worker{'s' if n != 1 else ''} on {where}{dashboard}"
 
 
+def matmul_gflops(n: int = 512, reps: int = 4, rounds: int = 5) -> float:
+    """One core's fp32 matrix speed in GFLOP/s: the best of ``rounds`` rounds of ``reps`` ``n``³
+    matmuls on one thread (the best, so that a moment's contention does not read as a slow machine)."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(rounds):
+            tick = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            best = min(best, time.perf_counter() - tick)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n**3 * reps / best / 1e9
+
+
+def core_speed(client: Client) -> float:
+    """The workers' median one-core fp32 matmul speed (GFLOP/s), all measured at once.
+
+    Logged with each batch, so that wall times from different machines or sessions can be compared:
+    two batches of the same code are as fast as their machines, which this reads in well under a second.
+    """
+    speeds = sorted(client.run(matmul_gflops).values())
+    return round(speeds[len(speeds) // 2], 1)
+
+
 def cpus(client: Client) -> int:
     """The CPU cores of the machines the workers run on, each machine counted once."""
     per_host = {address.rsplit(":", 1)[0]: count for address, count in client.run(os.cpu_count).items()}

@@ -130,6 +130,7 @@ def test_batch_runs_the_run_notebook_then_skips(batch_runs, capsys):
     assert "--relations hanging_from --variants inv_reversion --seeds 0" in json.loads((trained / "batch.json").read_text())["command"]
     (entry,) = batch.read_batch_log(root)  # one line per invocation that ran something
     assert entry["runs"] == {"done": 2, "skipped": 0, "failed": 0} and entry["joint"] == 2 and entry["cpus"] >= 1
+    assert entry["matmul_gflops"] > 0  # the workers' speed, so timings from other machines can be compared
     assert 0 < entry["joint_seconds"] < entry["seconds"] and entry["device"] == "CPU" and entry["git"]["commit"]
     stamp = (trained / "run.ipynb").stat().st_mtime_ns
     again = batch.run_batch(experiment, root)

@@ -94,7 +94,7 @@ def test_rating_is_blind_until_the_rater_finishes_and_a_set_is_saved_once(tmp_pa
     session = ratings.RatingSession("ada", path, ["inside", "hug"], TABLE1, seeds=[0, 1], rng=random.Random(3))
     seen = []  # everything the widget shows the rater before they finish
     for best in range(3):
-        rating_set = session.next_set()
+        session.next_set()
         shown = session.shown()
         assert len(shown["exemplars"]) == 6 and all(p.is_file() for p in shown["exemplars"])
         assert "<r>" not in shown["prompt"] and shown["relation"] in shown["prompt"]
@@ -207,3 +207,30 @@ def test_an_exported_rating_session_loads_into_the_claims_as_user_ranks(tmp_path
     assert scorer["verdict"] == "holds"
     assert people["verdict"] == "cannot tell" and people["evidence"] == "first in 0 of 1 relations, tied for first in 1"
     assert not any("user ranks" in c for c in {c["claim"] for c in claims.paper_claims(runs)})
+
+
+def test_the_rating_tool_shows_the_committed_records_evaluated_images():
+    """The rating mode on the shipped record: its runs were trained on the shipped model, their tokens
+    load into it, and each image shown is the one the evaluation drew (sample 0 of the prompt)."""
+    import numpy as np
+    import torch
+
+    from invrev import generate, measure, runs
+    from invrev.models import REPO_ROOT, WORLD_MODEL, load_components
+
+    torch.set_num_threads(1)
+    record = REPO_ROOT / "results" / "latest"
+    relation, variants = "painted_on", ("sd", "textual_inversion", "reversion", "inv_reversion")
+    shipped = runs.model_fingerprint(str(REPO_ROOT / WORLD_MODEL))
+    for variant in variants[1:]:
+        assert runs.recorded_fingerprint(runs.run_dir(record, relation, variant, 0)) == shipped, variant
+    rating_set = ratings.RatingSet(relation, 1, measure.items(relation, "token", 2)[1].prompt, 0, variants)
+    components = load_components(str(REPO_ROOT / WORLD_MODEL))
+    shown = ratings.draw_set(components, record, rating_set)
+    for variant, image in zip(variants, shown):
+        if variant != "sd":
+            generate.load_run_tokens(components, runs.run_dir(record, relation, variant, 0))
+        kind = "words" if variant == "sd" else "token"
+        evaluated = measure.draw(components, measure.items(relation, kind, 2), 0, 2)[0][2]  # pair 1, sample 0
+        assert np.abs(image.astype(float) - evaluated.astype(float)).max() <= 2, variant
+    assert not np.array_equal(shown[2], shown[3])  # the learned tokens differ, and so do their images
