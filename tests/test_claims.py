@@ -12,6 +12,38 @@ def _run(relation, variant, seed, rate, fusion=0.0, n=80):
     return {"relation": relation, "variant": variant, "seed": seed, "images": images, "config": {"hf_sigma": 0.8}}
 
 
+def _seeds(relation, variant, rate, fusion=0.0, step=0.05):
+    """Two seeds of a run, the second ``step`` higher: a verdict pairs runs, and needs two pairs."""
+    return [_run(relation, variant, 0, rate, fusion), _run(relation, variant, 1, rate + step, fusion and fusion + step)]
+
+
+def test_a_difference_is_judged_over_runs_not_images():
+    """Pooled images differ with disjoint Wilson intervals (0.60 against 0.40 over 160 images each),
+    but the two relations disagree: run by run the difference could be either sign."""
+    runs = [_run("hug", "inv_reversion", 0, 0.9), _run("hug", "no_inverse", 0, 0.2),
+            _run("on", "inv_reversion", 0, 0.3), _run("on", "no_inverse", 0, 0.6)]
+    d = claims.paired_difference(runs, "inv_reversion", "no_inverse", "relation")
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.2) and d["ci95"][0] < 0 < d["ci95"][1]
+    assert claims.pooled(runs, "inv_reversion", "relation")["ci95"][0] > claims.pooled(runs, "no_inverse", "relation")["ci95"][1]
+    verdict = claims.compare(runs, "inv_reversion", "no_inverse", "relation", better="higher", claim="c")
+    assert verdict["verdict"] == "cannot tell" and "paired over 2 runs, difference +0.20 [" in verdict["evidence"]
+    agree = runs[:2] + [_run("on", "inv_reversion", 0, 0.7), _run("on", "no_inverse", 0, 0.1)]
+    assert claims.compare(agree, "inv_reversion", "no_inverse", "relation", better="higher", claim="c")["verdict"] == "holds"
+    one = claims.paired_difference(runs[:2], "inv_reversion", "no_inverse", "relation")
+    assert one["n"] == 1 and one["ci95"] is None  # one pair: no interval, and no verdict
+    assert claims.compare(runs[:2], "inv_reversion", "no_inverse", "relation", better="higher", claim="c")["verdict"] == "cannot tell"
+    assert claims.paired_difference(runs, "inv_reversion", "no_hf", "relation") is None
+
+
+def test_t_quantiles_match_the_table_and_its_continuation():
+    assert claims.t_quantile_975(1) == 12.706 and claims.t_quantile_975(29) == 2.045
+    assert claims.t_quantile_975(31) == pytest.approx(2.040, abs=0.001)  # exact 2.0395
+    assert claims.t_quantile_975(60) == pytest.approx(2.000, abs=0.001)  # exact 2.0003
+    assert claims.t_quantile_975(1000) == pytest.approx(1.962, abs=0.001)
+    with pytest.raises(ValueError, match="at least 1"):
+        claims.t_quantile_975(0)
+
+
 def test_pos_weighting_claim_reads_behavioural_relations_only():
     runs = [_run(r, "inv_reversion", 0, 0.8) for r in ("hug", "ride_on", "on")]
     runs += [_run(r, "no_pos_weight", 0, 0.3) for r in ("hug", "ride_on")] + [_run("on", "no_pos_weight", 0, 0.9)]
@@ -27,12 +59,13 @@ def test_pos_weighting_claim_reads_behavioural_relations_only():
 
 
 def test_fusion_claim_and_table():
-    runs = [_run("hug", "inv_reversion", 0, 0.5, fusion=0.05), _run("hug", "no_inverse", 0, 0.5, fusion=0.40)]
+    runs = _seeds("hug", "inv_reversion", 0.5, fusion=0.05) + _seeds("hug", "no_inverse", 0.5, fusion=0.40, step=0.1)
     assert claims.fusion_claim(runs)["verdict"] == "holds"
     runs[0]["images"] = _run("hug", "inv_reversion", 0, 0.5, fusion=0.75)["images"]
+    runs[1]["images"] = _run("hug", "inv_reversion", 1, 0.5, fusion=0.8)["images"]
     assert claims.fusion_claim(runs)["verdict"] == "does not hold"
     table = claims.rate_table(runs, "fusion", ("inv_reversion", "no_inverse")).splitlines()
-    assert table[2] == "| hug | " + table[-1].split("| ", 2)[2] and table[2].startswith("| hug | 0.75 [")
+    assert table[2] == "| hug | " + table[-1].split("| ", 2)[2] and table[2].startswith("| hug | 0.78 [")  # 0.75 and 0.80 pooled
 
 
 def test_exemplar_hf_share_measures_detail(tmp_path):
@@ -76,24 +109,27 @@ def test_hf_effects_read_the_benchmark_exemplars():
 
 
 def test_claims_across_worlds_line_up_by_claim():
-    with_premise = [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]
-    without = [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8), _run("on", "no_hf", 0, 0.5)]
+    with_premise = _seeds("hug", "inv_reversion", 0.8) + _seeds("hug", "no_inverse", 0.3, step=0.1)
+    without = _seeds("hug", "inv_reversion", 0.3) + _seeds("hug", "no_inverse", 0.8, step=0.1) + [_run("on", "no_hf", 0, 0.5)]
     rows = claims.across_worlds({"v2": with_premise, "v1": without})
     inverse = next(r for r in rows if r["claim"].startswith("removing inverse text"))
     assert inverse["v2"]["verdict"] == "holds" and inverse["v1"]["verdict"] == "does not hold"
     table = claims.worlds_table(rows, ["v2", "v1"]).splitlines()
     assert table[0] == "| claim | v2 | v1 |"
-    assert any(line.startswith("| removing inverse text lowers relation accuracy (Table 2) | **holds** (0.80 [") for line in table)
+    assert any(line.startswith("| removing inverse text lowers relation accuracy (Table 2) | **holds** (0.8") for line in table)
     assert all(set(r) == {"claim", "v2", "v1"} for r in rows)
+    spearman = [{"claim": "c", "v1": {"verdict": "holds", "evidence": "|ρ| ≥ 0.65 needed"}, "v2": None}]
+    assert claims.worlds_table(spearman, ["v1", "v2"]).splitlines()[2] == "| c | **holds** (\\|ρ\\| ≥ 0.65 needed) | – |"
 
 
 def test_steer_claim_and_mechanism_groups():
-    runs = [_run("hug", "reversion", 0, 0.8), _run("hug", "textual_inversion", 0, 0.3),
-            _run("hug", "inv_reversion", 0, 0.5), _run("hug", "no_pos_weight", 0, 0.5)]
+    runs = (_seeds("hug", "reversion", 0.8) + _seeds("hug", "textual_inversion", 0.3, step=0.1)
+            + [_run("hug", "inv_reversion", 0, 0.5), _run("hug", "no_pos_weight", 0, 0.5)])
     steer = claims.steer_claim(runs)
     assert steer["verdict"] == "holds" and steer["claim"].startswith("the steer loss")
-    assert claims.steer_claim(runs[:1]) is None  # no Textual Inversion runs: nothing to compare
-    rows = claims.across_worlds({"v2": runs, "v1": [_run("hug", "reversion", 0, 0.3), _run("hug", "textual_inversion", 0, 0.8)]})
+    assert claims.steer_claim(runs[:2]) is None  # no Textual Inversion runs: nothing to compare
+    v1 = _seeds("hug", "reversion", 0.3) + _seeds("hug", "textual_inversion", 0.8, step=0.1)
+    rows = claims.across_worlds({"v2": runs, "v1": v1})
     groups = claims.by_mechanism(rows)
     assert set(groups) == set(claims.MECHANISMS)
     assert [r["v1"]["verdict"] for r in groups["relation-steering loss"]] == ["does not hold"]
@@ -110,8 +146,8 @@ def test_widest_gap_names_the_relation_where_a_pair_differs_most():
 
 
 def test_headline_counts_the_paper_claims_per_world_and_moves_each_mechanism():
-    with_premise = [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]
-    without = [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8)]
+    with_premise = _seeds("hug", "inv_reversion", 0.8) + _seeds("hug", "no_inverse", 0.3, step=0.1)
+    without = _seeds("hug", "inv_reversion", 0.3) + _seeds("hug", "no_inverse", 0.8, step=0.1)
     rows = claims.across_worlds({"v1": without, "v2": with_premise})
     text = claims.headline(rows, ["v1", "v2"])
     held = {label: sum(r[label]["verdict"] == "holds" for r in rows if r[label]) for label in ("v1", "v2")}

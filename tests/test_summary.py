@@ -67,8 +67,10 @@ def test_unnamed_table_counts_lifts_and_reads_the_handle_from_the_report(tmp_pat
 
 
 def test_worlds_block_reads_several_records_and_labels_the_known_ones(tmp_path):
-    records = {"results/world_v1": [_run("hug", "inv_reversion", 0, 0.3), _run("hug", "no_inverse", 0, 0.8)],
-               "results/latest": [_run("hug", "inv_reversion", 0, 0.8), _run("hug", "no_inverse", 0, 0.3)]}
+    def world(mine, theirs):  # two seeds: a verdict needs two runs to pair
+        return [_run("hug", v, s, rate + 0.05 * s) for s in (0, 1) for v, rate in (("inv_reversion", mine), ("no_inverse", theirs))]
+
+    records = {"results/world_v1": world(0.3, 0.8), "results/latest": world(0.8, 0.3)}
     text = "<!-- invrev:table worlds results/world_v1+results/latest -->\n<!-- /invrev:table -->\n"
     lines = summary.render(text, tmp_path, lambda path: records[str(path.relative_to(tmp_path))]).splitlines()
     assert lines[1] == "| claim | world v1 | world v2 |"
