@@ -174,11 +174,11 @@ BATCH_LOG = "batches.jsonl"
 
 def log_batch(runs_root: str | Path, entry: Mapping[str, Any]) -> Path:
     """Append one invocation's line to ``<runs_root>/batches.jsonl``: when, how long (the joint phase
-    and the notebooks apart), what, where (workers, CPUs, the workers' matmul speed, device) and with what outcome. A batch run
-    in several invocations (seed by seed, or resumed) has one line each; ``invrev collect`` keeps
-    them with the record. Two batches on one runs folder may finish together: each appends under a
-    lease (an atomic create, taken over from a dead holder; renewed while held, though an append takes
-    milliseconds)."""
+    and the notebooks apart), what, where (workers, CPUs, the workers' matmul speed, device) and
+    with what outcome. A batch run in several invocations (seed by seed, or resumed) has one line
+    each; ``invrev collect`` keeps them with the record. Two batches on one runs folder may finish
+    together: each appends under a lease (an atomic create, taken over from a dead holder; renewed
+    while held, though an append takes milliseconds)."""
     import filelock
 
     path = Path(runs_root) / BATCH_LOG

@@ -113,7 +113,7 @@ def matmul_gflops(n: int = 512, reps: int = 4, rounds: int = 5) -> float:
 def core_speed(client: Client) -> float:
     """The workers' median one-core fp32 matmul speed (GFLOP/s), all measured at once.
 
-    Logged with each batch, so that wall times from different machines or sessions can be compared:
+    Logged with each batch, so that wall times from different machines or days can be compared:
     two batches of the same code are as fast as their machines, which this reads in well under a second.
     """
     speeds = sorted(client.run(matmul_gflops).values())

@@ -1,10 +1,11 @@
 """Two world models' training speed, side by side in one process: seconds per training step.
 
 A model is a folder, or ``git:<commit>`` for the shipped model as that commit held it (extracted
-from the repository into a temporary folder). Trains the same run (one relation, one variant, the world recipe) on each model in turn, the two
-interleaved ``--repeats`` times so that whatever else loads the machine loads both alike, and reads
-the trainer's own per-step clock from each run's ``log.csv`` (the first step, which warms up, left
-out). Prints each model's mean, their ratio and every reading; writes them as JSON with ``--out``.
+from the repository into a temporary folder). Trains the same run (one relation, one variant, the
+world recipe) on each model in turn, the two interleaved ``--repeats`` times so that whatever else
+loads the machine loads both alike, and reads the trainer's own per-step clock from each run's
+``log.csv`` (the first step, which warms up, left out). Prints each model's mean, their ratio and
+every reading; writes them as JSON with ``--out``.
 
     python scripts/bench_models.py --a git:522aa17 --out docs/world_v2/train_speed.json   # world v1's model against the shipped one
 """
@@ -48,9 +49,10 @@ def model_folder(model: str, tmp: Path) -> str:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp / commit, filter="data")
         return str(tmp / commit / WORLD_MODEL)
-    if not (Path(model) / "unet").is_dir():
-        raise SystemExit(f"{model}: not a world model folder (no unet/ inside); give a folder or git:<commit>")
-    return model
+    for folder in (Path(model), REPO_ROOT / model):  # as given, else in the repository
+        if (folder / "unet").is_dir():
+            return str(folder)
+    raise SystemExit(f"{model}: not a world model folder (no unet/ inside); give a folder or git:<commit>")
 
 
 def main(argv: list[str] | None = None) -> dict:
